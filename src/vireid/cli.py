@@ -1,0 +1,271 @@
+"""The ``vireid`` command line: a thin layer over the library.
+
+Each sub-command parses its arguments and calls one library function; nothing here computes anything the
+Python API cannot. Errors that vireid raises on purpose (:class:`~vireid.errors.VireidError`) are printed as
+one line naming the problem and the fix, with exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from vireid.errors import VireidError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size '{text}' is not HxW, e.g. 128x64") from None
+    return h, w
+
+
+# ----------------------------------------------------------------------------------------------- handlers
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vireid.env_info import collect_info, print_info
+
+    print_info(collect_info())
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vireid.data.synthetic import SynthOptions, write_layout, write_preview
+
+    options = SynthOptions(num_ids=args.ids, seed=args.seed, difficulty=args.difficulty, size=args.size)
+    summary = write_layout(args.layout, args.out, options, overwrite=args.overwrite)
+    print(summary.describe())
+    if args.preview:
+        path = write_preview(args.layout, args.out, args.preview)
+        print(f"preview written to {path}")
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from vireid.evaluation.protocols import print_protocol_selection
+
+    print_protocol_selection(
+        dataset=args.dataset,
+        root=args.root,
+        mode=args.mode,
+        trial=args.trial,
+        shots=args.shots,
+        sampler=args.sampler,
+        direction=args.direction,
+        split=args.split,
+        out=sys.stdout,
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vireid.engine.run import train_from_cli
+
+    train_from_cli(
+        args.config,
+        args.overrides,
+        resume=args.resume,
+        allow_config_change=args.allow_config_change,
+    )
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from vireid.engine.run import test_from_cli
+
+    test_from_cli(
+        args.checkpoint,
+        dataset=args.dataset,
+        root=args.root,
+        protocols=args.protocol,
+        out=args.out,
+        rerank=args.rerank,
+        flip=args.flip,
+        visualize=args.visualize,
+        trials=args.trials,
+        overrides=args.overrides,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vireid.demo import run_demo
+
+    run_demo(out=args.out, method=args.method, data=args.data, quick=args.quick)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from vireid.search import build_index_cli
+
+    build_index_cli(
+        args.checkpoint,
+        images=args.images,
+        modality=args.modality,
+        output=args.output,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vireid.search import search_cli
+
+    search_cli(
+        args.index,
+        query=args.query,
+        text=args.text,
+        modality=args.modality,
+        top=args.top,
+        output=args.output,
+        backend=args.backend,
+        device=args.device,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vireid.export import export_onnx_cli
+
+    export_onnx_cli(args.checkpoint, onnx_path=args.onnx, opset=args.opset, check=not args.no_check)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vireid",
+        description="Cross-modal person retrieval: visible<->infrared ReID and text -> RGB+thermal pairs.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, device, CUDA, where weights and caches are looked up")
+    p.set_defaults(handler=cmd_info)
+
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic cross-modal person dataset in an official layout",
+        description="Procedurally render persons in visible and infrared/thermal and write them in the "
+        "exact on-disk layout of a real dataset, so the same readers, protocols and training run on them.",
+    )
+    p.add_argument("layout", choices=["sysu", "regdb", "llcm", "rgbnt201", "rgbt-pedes", "rgbnt201-pedes"])
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    p.add_argument("--ids", type=int, default=None, help="number of identities (default depends on layout)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard); default 0.5")
+    p.add_argument("--size", type=_size, default=None, help="image size HxW, e.g. 128x64")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--preview", default=None, metavar="FILE.png", help="also draw a contact sheet")
+    p.set_defaults(handler=cmd_synth)
+
+    p = sub.add_parser(
+        "protocol",
+        help="print the query or gallery images a protocol selects (audit splits)",
+        description="Print one selected image per line: path relative to the root, pid, camid.",
+    )
+    p.add_argument("dataset", choices=["sysu", "regdb", "llcm", "rgbt_pedes", "rgbnt201_pedes", "rgbnt201"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--mode", default=None, help="SYSU: all|indoor")
+    p.add_argument("--trial", type=int, default=None, help="SYSU/LLCM 0..9, RegDB 1..10")
+    p.add_argument("--shots", type=int, default=1, choices=[1, 10])
+    p.add_argument("--sampler", default="random", choices=["random", "official"])
+    p.add_argument("--direction", default=None, help="RegDB v2t|t2v, LLCM ir2vis|vis2ir|vis2ir.deen_release")
+    p.add_argument("--split", default="query", choices=["query", "gallery"])
+    p.set_defaults(handler=cmd_protocol)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config with dotted overrides",
+        description="Example: vireid train configs/baseline/sysu.yaml data.root=/data/SYSU-MM01 train.epochs=10",
+    )
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides key=value")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--allow-config-change", action="store_true", help="resume even though the config differs (logged)")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser(
+        "test",
+        help="evaluate a checkpoint with every protocol of its dataset (table, JSON, CMC plot)",
+    )
+    p.add_argument("checkpoint", help="checkpoint folder or run folder (its best checkpoint is used)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the stored config, e.g. eval.batch_size=64")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--root", default=None)
+    p.add_argument("--protocol", action="append", default=None, help="protocol id (repeatable)")
+    p.add_argument("--trials", type=int, default=None, help="number of trials (default: the protocol's)")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/test)")
+    p.add_argument("--rerank", default=None, choices=["none", "joint", "query_only"])
+    p.add_argument("--flip", action="store_true", default=None, help="flip test-time augmentation")
+    p.add_argument("--visualize", type=int, default=0, metavar="K", help="rank lists of the K worst queries")
+    p.set_defaults(handler=cmd_test)
+
+    p = sub.add_parser("demo", help="generate synthetic data, train on the CPU, evaluate, print results")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--method", default="baseline", choices=["baseline", "idkl", "dakd", "dikdnet"])
+    p.add_argument("--data", default=None, help="synthetic data folder (default: <out>/data)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("index", help="extract gallery features from a folder of images into an index file")
+    p.add_argument("checkpoint")
+    p.add_argument("--images", required=True)
+    p.add_argument("--modality", default="visible", choices=["visible", "infrared", "pair"])
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.set_defaults(handler=cmd_index)
+
+    p = sub.add_parser("search", help="search an index with a query image or a text description")
+    p.add_argument("index")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--query", help="query image")
+    g.add_argument("--text", help="query text (DIKDNet checkpoints)")
+    p.add_argument("--modality", default="infrared", choices=["visible", "infrared"])
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("-o", "--output", default=None, help="rank-list picture (PNG)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
+    p.add_argument("--device", default=None)
+    p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser("export", help="export a checkpoint's inference path to ONNX and check parity")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, metavar="FILE")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from vireid import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.handler(args) or 0)
+    except VireidError as exc:
+        print(f"vireid {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vireid {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Typed run configuration: dataclasses, YAML files and dotted command-line overrides.
+
+Every run is described by one dataclass tree. The common sections (``data``, ``sampler``, ``aug``,
+``cutswap``, ``optim``, ``sched``, ``train``, ``eval``) live here; each method subclasses :class:`RunConfig`
+to add its own sections (``idkl.py`` adds ``tgsa``, ``csa``, ...; ``dakd.py`` adds ``teacher``, ``kd``,
+``mask``, ...). The top-level ``method`` key of a YAML file picks the class.
+
+Loading uses OmegaConf structured configs, so types are checked and unknown keys are errors; vireid wraps
+OmegaConf's errors into :class:`~vireid.errors.ConfigError` messages that name the file (or override) and
+the nearest valid key. A YAML file may start with ``_base_: other.yaml`` (path relative to the file) to
+inherit from another config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from vireid.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------------
+# Common sections
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how images enter the network."""
+
+    dataset: str = "sysu"
+    """Catalog name: sysu, regdb, llcm, rgbnt201, rgbt_pedes, rgbnt201_pedes (see ``vireid.data.catalog``)."""
+    root: str | None = None
+    """Dataset root. Required: vireid has no built-in default paths."""
+    trial: int = 1
+    """RegDB training trial 1..10 (the checkpoint records it; testing another trial is an error)."""
+    height: int = 288
+    width: int = 144
+    workers: int = 4
+    """DataLoader worker processes per rank (0 = load in the main process)."""
+    cache: bool = False
+    """Decode and resize every training image once into a memory-mapped array (``<run>/cache``)."""
+    cache_dir: str | None = None
+    strict_counts: bool = False
+    """Make a mismatch with the published image/identity counts an error rather than a warning."""
+    val_ids: int = 0
+    """Identities held out of training for checkpoint selection on datasets without an official
+    validation split (RegDB, LLCM, RGBNT201). 0 = automatic (10% of training ids, at least 2)."""
+    thermal_gray3: bool = False
+    """Decode thermal images as grayscale replicated to 3 channels (RGBT-PEDE behaviour)."""
+
+
+@dataclass
+class SamplerConfig:
+    """Cross-modality identity sampler (method-baseline.md section 2)."""
+
+    P: int = 8
+    """Identities per batch (global, over all DDP ranks)."""
+    K: int = 4
+    """Images per identity and per modality."""
+    epoch_length: str = "agw"
+    """``agw`` (floor(N/(P*K))+1 batches, N = larger modality), ``idkl`` (until identities run out), or an
+    integer number of iterations."""
+    mode: Literal["agw", "idkl"] = "agw"
+
+
+@dataclass
+class AugConfig:
+    """Training augmentation preset and its knobs (method-baseline.md section 3)."""
+
+    preset: Literal["agw", "caj", "idkl", "dakd", "none"] = "agw"
+    pad: int = 10
+    pad_fill: int = 0
+    """Padding value before the random crop: 0 in AGW/CAJ/MCE, 127 in IDKL and DAKD's RegDB loader."""
+    flip: float = 0.5
+    erasing_p: float = 0.5
+    erasing_fill: Literal["release", "zero"] = "release"
+    """ChannelRandomErasing fill: the CAJ constants in normalised space (release) or zeros."""
+    adaptive_gray_p: float = 0.5
+
+
+@dataclass
+class CutSwapConfig:
+    """CutSwap (DAKD): a rectangle of the visible image replaced by a channel-replicated copy."""
+
+    p: float = 0.0
+    """Probability per visible image; 0 disables CutSwap."""
+    mode: Literal["region", "full_image"] = "region"
+    """``region`` is the intended behaviour; ``full_image`` reproduces the DAKD release's effective one."""
+    ratio_min: float = 0.3
+    ratio_max: float = 0.6
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    backbone_lr_mult: float = 0.1
+    """Learning-rate multiplier of the pretrained backbone group relative to ``lr`` (AGW: 0.1)."""
+
+
+@dataclass
+class SchedConfig:
+    name: Literal["warmup_step", "multistep", "cosine", "constant"] = "warmup_step"
+    warmup_epochs: int = 10
+    warmup_start: float = 0.1
+    """Warm-up factor of the first epoch: AGW's (e+1)/10 is warmup_start=0.1 with 10 warm-up epochs."""
+    milestones: list[int] = field(default_factory=lambda: [20, 50])
+    gamma: float = 0.1
+    min_lr_factor: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 81
+    seed: int = 0
+    amp: Literal["none", "bf16", "fp16", "auto"] = "auto"
+    """``auto`` = bf16 on a GPU that supports it, otherwise fp32 (AMP is off on the CPU by default)."""
+    channels_last: bool = False
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    out_dir: str = "runs"
+    name: str | None = None
+    """Run folder name under ``out_dir``; default ``<method>-<dataset>-<timestamp>``."""
+    checkpoint_every: int = 1
+    """Save a resumable checkpoint every N epochs (the last epoch is always saved)."""
+    checkpoint_every_iters: int = 0
+    """Also save every N iterations inside an epoch (0 = off)."""
+    keep_last: int = 2
+    log_every: int = 20
+    iters_per_epoch: int = 0
+    """Cap on iterations per epoch (0 = the sampler's natural length). Used by CPU demo configs."""
+    sync_bn: bool = True
+    """Convert BatchNorm layers to SyncBatchNorm under DDP, so statistics match a single-process run."""
+    deterministic: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    feature: Literal["bn", "pooled"] = "bn"
+    flip: bool = False
+    """Flip test-time augmentation (CAJ testa.py); recorded in every result."""
+    batch_size: int = 128
+    every: int = 2
+    """Evaluate on the selection split every N epochs (0 = only at the end)."""
+    selection: Literal["val", "last", "test"] = "val"
+    """Checkpoint selection: validation identities, the last epoch, or (only with ``allow_test_selection``)
+    the test split, which is then labelled in every output."""
+    allow_test_selection: bool = False
+    protocols: list[str] = field(default_factory=list)
+    """Protocol ids run by ``vireid test`` (empty = every standard protocol of the dataset)."""
+    rerank: Literal["none", "joint", "query_only"] = "none"
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
+
+
+@dataclass
+class RunConfig:
+    """Root of every run configuration. Methods subclass it and add their own sections."""
+
+    method: str = "baseline"
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    cutswap: CutSwapConfig = field(default_factory=CutSwapConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+C = TypeVar("C")
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file, resolving ``_base_`` inheritance (the child's keys win)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.", fix="check the path (configs/ holds the presets).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain a mapping of keys at the top level.")
+    base = data.pop("_base_", None)
+    if base is not None:
+        parent = read_yaml(path.parent / base)
+        data = _deep_merge(parent, data)
+    return data
+
+
+def _deep_merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["train.epochs=10", "data.root=/d"]`` into a nested dict. Values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override '{item}' has no '='.", fix="write overrides as dotted.key=value, e.g. train.epochs=10."
+            )
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' has an empty key part.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'.")
+        node[parts[-1]] = value
+    return nested
+
+
+def build_config(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+    """Validate ``data`` against dataclass ``cls`` and return an instance.
+
+    Unknown keys, wrong types and invalid choices raise :class:`ConfigError` naming ``source``, the dotted
+    key and (for unknown keys) the closest valid key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(cls)
+    _check_keys(cls, data, prefix="", source=source)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(data))
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: invalid value for '{key}': {first}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return obj  # type: ignore[return-value]
+
+
+def _check_keys(cls: type, data: Any, prefix: str, source: str) -> None:
+    """Reject unknown keys with the nearest valid one, before OmegaConf's less specific message."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _type_hints(cls)
+    for key, value in data.items():
+        if key not in fields:
+            valid = sorted(fields)
+            near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{prefix}{near[0]}'?" if near else ""
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'.{hint} Valid keys here: {', '.join(valid)}.")
+        sub = hints.get(key)
+        if dataclasses.is_dataclass(sub):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{prefix}{key}' is a section; give it a mapping, not {value!r}.")
+            _check_keys(sub, value, prefix=f"{prefix}{key}.", source=source)
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # pragma: no cover - defensive: forward refs we cannot resolve
+        return {}
+
+
+def config_class_for(method: str) -> type[RunConfig]:
+    """The config dataclass of a registered method (``baseline``, ``idkl``, ``dakd``, ``dikdnet``)."""
+    from vireid.methods import get_method
+
+    return get_method(method).config_class
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    method: str | None = None,
+) -> RunConfig:
+    """Load a run configuration from a YAML file (or a dict) plus dotted overrides.
+
+    The method is taken from ``method`` if given, else the overrides, else the file, else ``baseline``.
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+        where = "defaults"
+    elif isinstance(source, dict):
+        data = dict(source)
+        where = "config dict"
+    else:
+        data = read_yaml(source)
+        where = str(source)
+    over = parse_overrides(overrides)
+    name = method or over.get("method") or data.get("method") or "baseline"
+    try:
+        cls = config_class_for(str(name))
+    except KeyError as exc:
+        raise ConfigError(f"{where}: {exc.args[0]}") from None
+    base_obj = build_config(cls, _deep_merge(data, {"method": name}), source=where)
+    if not over:
+        return base_obj
+    merged = _deep_merge(to_dict(base_obj), over)
+    return build_config(cls, merged, source=f"{where} + overrides")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for YAML/JSON dumps and checkpoint sidecars)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (used to refuse resuming a changed run)."""
+    diffs: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs.extend(config_diff(a, b, prefix=f"{prefix}{key}."))
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sections shared by the ResNet-based VI-ReID methods (baseline, IDKL, DAKD)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """ResNet backbone options (method-baseline.md section 1)."""
+
+    backbone: str = "resnet50"
+    """torchvision ResNet name (resnet18/34/50/101)."""
+    pretrained: str = "imagenet"
+    """``imagenet`` (local file or torch cache, never downloaded), ``none``, or a weights file path."""
+    width: int = 64
+    """Channels of the first ResNet stage (64 = torchvision). Smaller widths make CPU demos and tests fast;
+    ImageNet weights need 64."""
+    last_stride: int = 1
+    stems: Literal["per_modality", "shared"] = "per_modality"
+    non_local: bool = True
+    nl_layer2: list[int] = field(default_factory=lambda: [2, 3])
+    nl_layer3: list[int] = field(default_factory=lambda: [3, 4, 5])
+    nl_inter_channels: int | str = 1
+    """Non-local inner width: 1 reproduces the AGW release (``r // r``); ``half`` = C/2."""
+    pooling: Literal["gem", "avg"] = "gem"
+    gem_p: float = 3.0
+    gem_learnable: bool = False
+    bnneck_bias_frozen: bool = True

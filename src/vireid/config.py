@@ -112,8 +112,10 @@ class OptimConfig:
 class SchedConfig:
     name: Literal["warmup_step", "multistep", "cosine", "constant"] = "warmup_step"
     warmup_epochs: int = 10
+    warmup_curve: Literal["agw", "linear"] = "agw"
+    """``agw``: factor (e+1)/warmup_epochs (AGW, CAJ, MCE); ``linear``: warmup_start + (1-warmup_start)*e/warmup_epochs
+    (IRRA), reaching 1 at e = warmup_epochs."""
     warmup_start: float = 0.1
-    """Warm-up factor of the first epoch: AGW's (e+1)/10 is warmup_start=0.1 with 10 warm-up epochs."""
     milestones: list[int] = field(default_factory=lambda: [20, 50])
     gamma: float = 0.1
     min_lr_factor: float = 0.0
@@ -148,6 +150,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     feature: Literal["bn", "pooled"] = "bn"
+    select_metric: Literal["mAP", "rank1", "mINP"] = "mAP"
+    """Validation metric that picks the best checkpoint."""
     flip: bool = False
     """Flip test-time augmentation (CAJ testa.py); recorded in every result."""
     batch_size: int = 128
@@ -187,11 +191,30 @@ C = TypeVar("C")
 # --------------------------------------------------------------------------------------------------------
 
 
+def packaged_configs() -> Path:
+    """Folder of the configs shipped inside the package (the repository's ``configs/`` links to it)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or a preset name such as ``baseline/sysu`` looked up among the packaged configs."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    name = str(path).removeprefix("configs/")
+    packaged = packaged_configs() / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    presets = sorted(str(p.relative_to(packaged_configs()))[:-5] for p in packaged_configs().glob("*/*.yaml"))
+    raise ConfigError(
+        f"config file {path} does not exist.",
+        fix=f"give a YAML path or one of the presets: {', '.join(presets)}.",
+    )
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file, resolving ``_base_`` inheritance (the child's keys win)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist.", fix="check the path (configs/ holds the presets).")
+    path = resolve_config_path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

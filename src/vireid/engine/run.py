@@ -1,0 +1,67 @@
+"""Command-line glue for ``vireid train`` and ``vireid test`` (thin wrappers over the library)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rich.console import Console
+
+from vireid.config import load_config, to_dict
+from vireid.errors import ConfigError
+
+
+def train_from_cli(config: str, overrides: list[str], *, resume: str | None = None, allow_config_change=False):
+    from vireid.engine.trainer import train
+
+    cfg = load_config(config, overrides)
+    if cfg.data.root is None:
+        raise ConfigError(
+            f"data.root is not set for dataset '{cfg.data.dataset}'.",
+            fix="pass it as an override, e.g. `vireid train CONFIG data.root=/data/SYSU-MM01`.",
+        )
+    result = train(cfg, resume=resume, allow_config_change=allow_config_change)
+    console = Console()
+    if result.interrupted:
+        return result
+    console.print(f"[bold green]done[/] run folder: {result.run_dir}")
+    if result.best_metrics:
+        m = result.best_metrics
+        console.print(
+            f"best on {m.get('split', 'val')} (epoch {m.get('epoch')}): R1 {m['rank1']:.2f}  mAP {m['mAP']:.2f}  "
+            f"mINP {m['mINP']:.2f}"
+        )
+    console.print(f"test it with: vireid test {result.run_dir}")
+    return result
+
+
+def test_from_cli(
+    checkpoint: str,
+    *,
+    dataset=None,
+    root=None,
+    protocols=None,
+    out=None,
+    rerank=None,
+    flip=None,
+    visualize=0,
+    trials=None,
+    overrides=(),
+):
+    from vireid.engine.loading import load_model
+    from vireid.engine.testing import test_checkpoint
+
+    lm = load_model(checkpoint)
+    if overrides:
+        lm = dataclasses.replace(lm, cfg=load_config(to_dict(lm.cfg), list(overrides), method=lm.meta["method"]))
+    return test_checkpoint(
+        lm,
+        dataset=dataset,
+        root=root,
+        protocols=protocols,
+        out=Path(out) if out else None,
+        rerank=rerank,
+        flip=flip,
+        visualize=visualize,
+        trials=trials,
+    )

@@ -1,0 +1,526 @@
+"""The training loop shared by every method.
+
+One :class:`Trainer` drives any registered method: data loading through the method's sampler, AMP,
+gradient clipping, epoch-based schedules, periodic evaluation on a validation split, checkpoints that
+resume exactly (sampler position, every RNG state, optimiser, scheduler, AMP scaler), logging to console,
+JSONL and TensorBoard, and DDP under ``torchrun``.
+
+Checkpoint selection never looks at the test split unless ``eval.selection=test`` and
+``eval.allow_test_selection=true`` are both set; such runs are labelled in every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from vireid.config import RunConfig, config_diff, dump_yaml, to_dict
+from vireid.engine.checkpoint import CheckpointManager, load_checkpoint, load_trainer_state, rng_state, set_rng_state
+from vireid.engine.distributed import DistContext, barrier, gather_batch_fields, init_distributed
+from vireid.engine.logging import RunLogger, training_progress
+from vireid.engine.optim import build_optimizer, build_scheduler
+from vireid.errors import CheckpointError, ConfigError, TrainingError
+from vireid.methods.base import StepContext
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_dir: Path
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    selection: str
+    best_metrics: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    global_step: int = 0
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.method}-{cfg.data.dataset}-{stamp}"
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (``None`` = full fp32)."""
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16":
+        return torch.bfloat16
+    # auto on CUDA
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _float32(obj: Any) -> Any:
+    """Cast floating tensor fields of an output dataclass to fp32 so every loss runs in full precision."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    changes = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+            changes[f.name] = value.float()
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM so the loop stops at the next step boundary and writes a resumable checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # pragma: no cover - exercised manually
+        if self.requested:  # second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class Trainer:
+    """Train ``cfg.method`` as configured. Use :meth:`fit`; see :func:`train` for the one-call API.
+
+    Args:
+        cfg: a resolved run config (``vireid.config.load_config``).
+        run_dir: run folder; default ``<train.out_dir>/<train.name or a timestamped name>``.
+        resume: a run folder (or checkpoint folder) to continue exactly.
+        allow_config_change: resume even if the config differs from the stored one (differences are logged).
+        stop_after_iters: stop (with a resumable checkpoint) once this many global steps are done; used to
+            simulate interruptions in tests.
+        device: force a device (default: ``cuda:<local_rank>`` if available, else CPU).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        run_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+        allow_config_change: bool = False,
+        stop_after_iters: int | None = None,
+        device: str | None = None,
+        console=None,
+    ):
+        from vireid.methods import get_method
+
+        self.cfg = cfg
+        self.method = get_method(cfg.method)
+        self.dist: DistContext = init_distributed(device)
+        self.stop_after_iters = stop_after_iters
+        self._check_selection()
+        self.run_dir = self._prepare_run_dir(run_dir, resume, allow_config_change)
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, console=console)
+        self.ckpt = CheckpointManager(self.run_dir, keep_last=cfg.train.keep_last)
+        self.start_epoch = 0
+        self.start_iter = 0
+        self.global_step = 0
+        self.best_value: float | None = None
+        self.best_metrics: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._resume_source = resume
+
+    # ------------------------------------------------------------------------------------------- set-up
+
+    def _check_selection(self) -> None:
+        ev = self.cfg.eval
+        if ev.selection == "test" and not ev.allow_test_selection:
+            raise ConfigError(
+                "eval.selection=test picks checkpoints on the test split, which makes reported numbers optimistic.",
+                fix="use eval.selection=val (default) or last; if you really want it, also set "
+                "eval.allow_test_selection=true (every output is then labelled).",
+            )
+
+    def _prepare_run_dir(self, run_dir, resume, allow_config_change) -> Path:
+        cfg = self.cfg
+        if resume is not None:
+            path = Path(resume)
+            if (path / "model.safetensors").is_file():  # a checkpoint folder: its run is two levels up
+                path = path.parent.parent
+            stored = path / "config.yaml"
+            if not stored.is_file():
+                raise CheckpointError(
+                    f"cannot resume: {path} is not a vireid run folder (no config.yaml).",
+                    fix="pass the folder that `vireid train` created (it holds config.yaml and checkpoints/).",
+                )
+            old = yaml.safe_load(stored.read_text())
+            new = to_dict(cfg)
+            diffs = [d for d in config_diff(old, new) if not d.startswith(("train.progress", "data.workers"))]
+            if diffs and not allow_config_change:
+                raise ConfigError(
+                    f"cannot resume {path}: the config differs from the stored one: " + "; ".join(diffs[:8]),
+                    fix="resume with the same config, or pass --allow-config-change (the change is logged).",
+                )
+            self._config_changes = diffs
+            return path
+        self._config_changes = []
+        if run_dir is None:
+            run_dir = Path(cfg.train.out_dir) / (cfg.train.name or default_run_name(cfg))
+        run_dir = Path(run_dir)
+        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+            raise ConfigError(
+                f"run folder {run_dir} already holds checkpoints.",
+                fix=f"resume it with `vireid train CONFIG --resume {run_dir}`, or choose another train.name.",
+            )
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            try:
+                from vireid.env_info import collect_info
+
+                (run_dir / "env.json").write_text(json.dumps(collect_info(), indent=2, default=str))
+            except Exception:  # pragma: no cover - environment probing must never stop training
+                pass
+        barrier()
+        return run_dir
+
+    def _build(self) -> None:
+        from vireid.data.catalog import get_dataset
+
+        cfg, dist = self.cfg, self.dist
+        torch.manual_seed(cfg.train.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.dataset = get_dataset(cfg.data.dataset, cfg.data.root, **self._dataset_options())
+        holdout = "val" if cfg.eval.selection == "val" else "none"
+        self.split = self.dataset.train_split(holdout=holdout, val_ids=cfg.data.val_ids, seed=cfg.train.seed)
+        model = self.method.build_model(cfg, self.split.num_classes)
+        model.to(dist.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if dist.enabled and cfg.train.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        groups = self.method.param_groups(model, cfg) if hasattr(self.method, "param_groups") else model.param_groups()
+        self.optimizer = build_optimizer(cfg.optim, groups)
+        self.scheduler = build_scheduler(cfg.sched, self.optimizer, cfg.train.epochs)
+        self.amp_dtype = resolve_amp(cfg.train.amp, dist.device)
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=self.amp_dtype == torch.float16)
+        if dist.enabled:
+            ddp_kwargs = {"device_ids": [dist.device.index]} if dist.device.type == "cuda" else {}
+            find_unused = bool(getattr(self.method, "find_unused_parameters", False))
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, find_unused_parameters=find_unused, **ddp_kwargs
+            )
+        else:
+            self.train_model = model
+        self.train_loader = self.method.build_train_loader(cfg, self.split, dist)
+        if hasattr(self.method, "on_train_start"):
+            self.method.on_train_start(self)
+
+    def _dataset_options(self) -> dict[str, Any]:
+        data = self.cfg.data
+        options: dict[str, Any] = {"strict_counts": data.strict_counts}
+        if data.dataset == "regdb":
+            options["trial"] = data.trial
+        return options
+
+    def _resume(self) -> None:
+        if self._resume_source is None:
+            return
+        folder = self.ckpt.last()
+        if folder is None:
+            raise CheckpointError(f"{self.run_dir} has no resumable checkpoint (checkpoints/last.json missing).")
+        loaded = load_checkpoint(folder)
+        missing, unexpected = self.model.load_state_dict(loaded.state_dict, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {folder} does not fit the model: missing {list(missing)[:5]}, "
+                f"unexpected {list(unexpected)[:5]}."
+            )
+        state = load_trainer_state(folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.start_iter = int(state["iteration"])
+        self.global_step = int(state["global_step"])
+        self.best_value = state.get("best_value")
+        self.best_metrics = json.loads(state.get("best_metrics_json") or "null")
+        self.history = json.loads(state.get("history_json") or "[]")
+        if hasattr(self.method, "load_extra_state") and "method_state" in state:
+            self.method.load_extra_state(self, state["method_state"])
+        self.logger.print(
+            f"[bold]resumed[/] {self.run_dir} at epoch {self.start_epoch}, iteration {self.start_iter} "
+            f"(global step {self.global_step})"
+        )
+        if self._config_changes:
+            self.logger.print(f"[yellow]config changed on resume:[/] {'; '.join(self._config_changes)}")
+            self.logger.log("resume", self.global_step, {"config_changes": self._config_changes})
+
+    # -------------------------------------------------------------------------------------- checkpoints
+
+    def _meta(self, epoch: int, iteration: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
+        from vireid import __version__
+
+        cfg = self.cfg
+        return {
+            "vireid_version": __version__,
+            "method": cfg.method,
+            "task": getattr(self.method, "task", "vireid"),
+            "dataset": cfg.data.dataset,
+            "trial": cfg.data.trial if cfg.data.dataset == "regdb" else None,
+            "num_classes": self.split.num_classes,
+            "epoch": epoch,
+            "iteration": iteration,
+            "global_step": self.global_step,
+            "selection": cfg.eval.selection,
+            "selection_metric": cfg.eval.select_metric,
+            "metrics": metrics or {},
+            "config": to_dict(cfg),
+            "extra": self.method.checkpoint_extra(self) if hasattr(self.method, "checkpoint_extra") else {},
+        }
+
+    def _trainer_state(self, epoch: int, iteration: int) -> dict[str, Any]:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": rng_state(),
+            "epoch": epoch,
+            "iteration": iteration,
+            "global_step": self.global_step,
+            "best_value": self.best_value,
+            "best_metrics_json": json.dumps(self.best_metrics),
+            "history_json": json.dumps(self.history),
+        }
+        if hasattr(self.method, "extra_state"):
+            state["method_state"] = self.method.extra_state(self)
+        return state
+
+    def save(self, epoch: int, iteration: int, *, best: bool = False, metrics=None) -> Path | None:
+        """Write a resumable checkpoint whose resume position is (``epoch``, ``iteration``)."""
+        path = None
+        if self.dist.is_main:
+            path = self.ckpt.save(
+                f"s{self.global_step:08d}",
+                model_state=self.model.state_dict(),
+                meta=self._meta(epoch, iteration, metrics),
+                trainer_state=self._trainer_state(epoch, iteration),
+                best=best,
+            )
+        barrier()
+        return path
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def fit(self) -> TrainResult:
+        self._build()
+        self._resume()
+        cfg = self.cfg
+        stop = _StopFlag()
+        stop.install()
+        interrupted = False
+        try:
+            if self.dist.is_main:
+                self.logger.print(
+                    f"[bold]vireid train[/] method={cfg.method} dataset={cfg.data.dataset} "
+                    f"ids={self.split.num_classes} images={len(self.split.records)} device={self.dist.device} "
+                    f"world={self.dist.world_size} amp={self.amp_dtype} selection={cfg.eval.selection} "
+                    f"run={self.run_dir}"
+                )
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                first_iter = self.start_iter if epoch == self.start_epoch else 0
+                interrupted = self._train_epoch(epoch, first_iter, stop)
+                if interrupted:
+                    break
+                self.scheduler.step()
+                is_last = epoch + 1 == cfg.train.epochs
+                metrics, best = self._maybe_validate(epoch, is_last)
+                if best or is_last or (epoch + 1) % max(1, cfg.train.checkpoint_every) == 0:
+                    self.save(epoch + 1, 0, best=best, metrics=metrics)
+        finally:
+            stop.uninstall()
+        if interrupted and self.dist.is_main:
+            self.logger.print(
+                f"[yellow]stopped at global step {self.global_step}; continue with[/] "
+                f"vireid train {self.run_dir / 'config.yaml'} --resume {self.run_dir}"
+            )
+        if not interrupted and cfg.eval.selection == "last" and self.dist.is_main:
+            last = self.ckpt.last()
+            if last is not None:  # the last epoch is the selected model
+                loaded = load_checkpoint(last, prefer="last")
+                self.ckpt.save(last.name, model_state=loaded.state_dict, meta=loaded.meta, best=True)
+        self.logger.close()
+        barrier()
+        best_path = self.ckpt.dir / "best" if (self.ckpt.dir / "best").is_dir() else None
+        return TrainResult(
+            run_dir=self.run_dir,
+            last_checkpoint=self.ckpt.last(),
+            best_checkpoint=best_path,
+            selection=cfg.eval.selection,
+            best_metrics=self.best_metrics,
+            history=self.history,
+            interrupted=interrupted,
+            global_step=self.global_step,
+        )
+
+    def _train_epoch(self, epoch: int, first_iter: int, stop: _StopFlag) -> bool:
+        """Run one epoch from ``first_iter``; return True if training must stop (interrupt / stop_after)."""
+        cfg, dist = self.cfg, self.dist
+        tl = self.train_loader
+        tl.sampler.set_epoch(epoch)
+        tl.sampler.set_position(first_iter)
+        if hasattr(self.method, "on_epoch_start"):
+            self.method.on_epoch_start(self, epoch)
+        self.train_model.train()
+        total = first_iter + len(tl.sampler)
+        lr = self.optimizer.param_groups[0]["lr"]
+        progress = training_progress(self.logger.console, enabled=dist.is_main and cfg.train.progress)
+        window_images, window_start = 0, time.perf_counter()
+        rate = 0.0
+        with progress:
+            task = progress.add_task(
+                f"epoch {epoch + 1}/{cfg.train.epochs}", total=total, completed=first_iter, rate=0.0, loss=float("nan")
+            )
+            for iteration, batch in enumerate(tl.loader, start=first_iter):
+                batch = batch.to(dist.device, non_blocking=True)
+                ctx = StepContext(epoch=epoch, iteration=iteration, global_step=self.global_step, dist=dist)
+                loss = self._step(batch, ctx)
+                self.global_step += 1
+                window_images += tl.images_per_batch
+                values = loss.scalars()
+                if (iteration + 1) % max(1, cfg.train.log_every) == 0 or iteration + 1 == total:
+                    now = time.perf_counter()
+                    rate = window_images / max(now - window_start, 1e-9)
+                    window_images, window_start = 0, now
+                    self.logger.log(
+                        "train",
+                        self.global_step,
+                        {"epoch": epoch, "iteration": iteration, "lr": lr, "img_per_s": rate, **values},
+                    )
+                progress.update(task, advance=1, rate=rate, loss=values["loss"])
+                every = cfg.train.checkpoint_every_iters
+                if every and self.global_step % every == 0 and iteration + 1 < total:
+                    self.save(epoch, iteration + 1)
+                if (self.stop_after_iters is not None and self.global_step >= self.stop_after_iters) or stop.requested:
+                    self.save(epoch, iteration + 1)
+                    return True
+        return False
+
+    def _step(self, batch, ctx: StepContext):
+        cfg = self.cfg
+        with torch.autocast(
+            self.dist.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            outputs = self.method.forward(self.train_model, batch, ctx)
+        rows = len(batch)
+        outputs = _float32(gather_batch_fields(outputs, rows))
+        global_batch = gather_batch_fields(batch, rows, exclude=("images",))
+        loss = self.method.loss(outputs, global_batch, ctx)
+        if not torch.isfinite(loss.total):
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in loss.parts.items())
+            raise TrainingError(
+                f"the loss became {float(loss.total)} at epoch {ctx.epoch + 1}, iteration {ctx.iteration} "
+                f"(global step {ctx.global_step}); parts: {parts or 'n/a'}.",
+                fix="lower optim.lr, set train.grad_clip (e.g. 5.0), use train.amp=none or bf16 instead of fp16, "
+                "and check the data for broken images; the last good checkpoint is in "
+                f"{self.ckpt.dir}.",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total).backward()
+        if cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
+
+    # ---------------------------------------------------------------------------------------- evaluation
+
+    def _maybe_validate(self, epoch: int, is_last: bool) -> tuple[dict[str, Any] | None, bool]:
+        cfg = self.cfg
+        if cfg.eval.selection == "last":
+            return None, False
+        every = cfg.eval.every
+        due = is_last or (every > 0 and (epoch + 1) % every == 0)
+        if not due:
+            return None, False
+        metrics = None
+        if self.dist.is_main:
+            metrics = self.evaluate_selection_split()
+            metrics["epoch"] = epoch + 1
+            self.history.append(metrics)
+            self.logger.log(metrics["split"], self.global_step, {k: v for k, v in metrics.items() if k != "split"})
+            label = "[red]TEST split (selection on test)[/]" if metrics["split"] == "test" else "val"
+            self.logger.print(
+                f"epoch {epoch + 1}: {label} R1 {metrics['rank1']:.2f}  mAP {metrics['mAP']:.2f}  "
+                f"mINP {metrics['mINP']:.2f}"
+            )
+        from vireid.engine.distributed import broadcast_object
+
+        metrics = broadcast_object(metrics)
+        value = metrics[cfg.eval.select_metric]
+        best = self.best_value is None or value > self.best_value or (math.isnan(self.best_value))
+        if best:
+            self.best_value = value
+            self.best_metrics = metrics
+        return metrics, best
+
+    def selection_trials(self):
+        """Trials that choose the checkpoint: validation identities, or (only when allowed) the test split."""
+        if self.cfg.eval.selection == "test":
+            protocol_id = (self.cfg.eval.protocols or self.dataset.standard_protocols())[0]
+            return list(self.dataset.protocol(protocol_id).trials()), "test"
+        if not self.split.val_trials:
+            raise ConfigError(
+                f"eval.selection=val but dataset '{self.cfg.data.dataset}' produced no validation identities.",
+                fix="set data.val_ids to a positive number, or use eval.selection=last.",
+            )
+        return list(self.split.val_trials), "val"
+
+    def evaluate_selection_split(self) -> dict[str, Any]:
+        from vireid.evaluation.runner import run_protocol
+
+        trials, split = self.selection_trials()
+        embedder = self.method.embedder(self.model, self.cfg)
+        result = run_protocol(
+            trials,
+            embedder,
+            transform=self.method.test_transform(self.cfg),
+            batch_size=self.cfg.eval.batch_size,
+            workers=0,
+            device=self.dist.device,
+            flip=self.cfg.eval.flip,
+            progress=False,
+        )
+        self.model.train()
+        mean = result.mean
+        return {
+            "split": split,
+            "protocol": result.protocol_id,
+            "rank1": float(mean["rank1"]),
+            "mAP": float(mean["mAP"]),
+            "mINP": float(mean["mINP"]),
+        }
+
+
+def train(cfg: RunConfig, **kwargs) -> TrainResult:
+    """Train ``cfg`` and return the :class:`TrainResult` (see :class:`Trainer` for keyword arguments)."""
+    return Trainer(cfg, **kwargs).fit()

@@ -21,6 +21,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from vireid.data.readers.base import CameraFolder
+from vireid.data.readers.llcm import TEST_CAMERAS
 from vireid.data.records import ImageRecord, Modality
 from vireid.errors import DataError
 from vireid.evaluation.protocols.base import Protocol
@@ -71,8 +72,6 @@ class LlcmProtocol(Protocol):
 
     @cached_property
     def sampled_folders(self) -> list[CameraFolder]:
-        from vireid.data.readers.llcm import TEST_CAMERAS
-
         mod = self.sampled_modality
         folders = self.dataset.camera_folders(mod, self.dataset.test_ids(), TEST_CAMERAS[mod])
         if not folders:

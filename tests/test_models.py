@@ -389,3 +389,27 @@ def test_batch_of_one_everywhere():
     emb = model.extract(torch.randn(1, 3, 64, 32), torch.tensor([1]))
     assert emb.shape == (1, 128)
     assert not math.isnan(emb.sum().item())
+
+
+def test_torchvision_imagenet_file_loads_cleanly_from_the_offline_cache(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(5)
+    reference = resnet18()
+    (tmp_path / "w").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "w" / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("VIREID_WEIGHTS", str(tmp_path / "w"))
+    cfg = ModelConfig(backbone="resnet18", pretrained="imagenet", nl_layer2=[1], nl_layer3=[1])
+    model = AGWNet(cfg, NUM_IDS).eval()
+    report = model.load_report
+    assert report.surprising == [] and report.expected_unexpected == ["fc.weight", "fc.bias"]
+    assert report.loaded == len(reference.state_dict()) - 2
+    # With the non-local blocks at identity, the embedding is torchvision's trunk (last stride aside) + GeM.
+    reference.eval()
+    reference.layer4[0].conv1.stride = (1, 1)  # a BasicBlock carries its stride in conv1, its first 3x3 conv
+    reference.layer4[0].downsample[0].stride = (1, 1)
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        trunk = nn.Sequential(*list(reference.children())[:-2])(images)
+        expected = model.bnneck(model.pool(trunk))
+        torch.testing.assert_close(model.extract(images, 1), expected, rtol=1e-4, atol=1e-5)

@@ -48,6 +48,10 @@ class CrossModalBatch:
             self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
         )
 
+    def pin_memory(self) -> CrossModalBatch:
+        """Page-locked copy of every field (the DataLoader calls this when ``pin_memory=True``)."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
     def index_select(self, index: torch.Tensor) -> CrossModalBatch:
         """Rows ``index`` of every field (used to permute batches in tests and to split views)."""
         return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)})

@@ -49,7 +49,10 @@ def load_model(
     cfg = load_config(meta["config"], method=meta["method"])
     method = get_method(meta["method"])
     build_cfg = method.inference_config(cfg) if hasattr(method, "inference_config") else inference_config(cfg)
-    model = method.build_model(build_cfg, int(meta["num_classes"]))
+    if hasattr(method, "build_inference_model"):  # e.g. a text model whose vocabulary lives in the sidecar
+        model = method.build_inference_model(build_cfg, meta)
+    else:
+        model = method.build_model(build_cfg, int(meta["num_classes"]))
     missing, unexpected = model.load_state_dict(loaded.state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(

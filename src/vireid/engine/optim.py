@@ -28,8 +28,15 @@ class ParamGroup:
     weight_decay: float | None = None
 
 
-def build_optimizer(cfg: OptimConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
-    """Build the optimiser of ``cfg`` over trainable parameters of ``groups`` (frozen ones are skipped)."""
+def build_optimizer(
+    cfg: OptimConfig, groups: list[ParamGroup] | dict[str, list[torch.nn.Parameter]]
+) -> torch.optim.Optimizer:
+    """Build the optimiser of ``cfg`` over trainable parameters of ``groups`` (frozen ones are skipped).
+
+    ``groups`` is a list of :class:`ParamGroup` or a ``{name: params}`` dict (as ``AGWNet.param_groups``).
+    """
+    if isinstance(groups, dict):
+        groups = [ParamGroup(name, list(params)) for name, params in groups.items()]
     torch_groups = []
     seen: set[int] = set()
     for group in groups:

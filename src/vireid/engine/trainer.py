@@ -142,6 +142,9 @@ class Trainer:
         self.best_value: float | None = None
         self.best_metrics: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
+        self.method_state: dict[str, Any] = {}
+        """Per-run objects a method keeps outside the model (DAKD's frozen teacher and prototypes, MCE's
+        memories); handed to every step as ``StepContext.extras``. Never part of the model's state dict."""
         self._resume_source = resume
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -401,7 +404,14 @@ class Trainer:
             )
             for iteration, batch in enumerate(tl.loader, start=first_iter):
                 batch = batch.to(dist.device, non_blocking=True)
-                ctx = StepContext(epoch=epoch, iteration=iteration, global_step=self.global_step, dist=dist)
+                ctx = StepContext(
+                    epoch=epoch,
+                    iteration=iteration,
+                    global_step=self.global_step,
+                    dist=dist,
+                    cfg=cfg,
+                    extras=self.method_state,
+                )
                 loss = self._step(batch, ctx)
                 self.global_step += 1
                 window_images += tl.images_per_batch

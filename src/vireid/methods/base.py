@@ -50,6 +50,8 @@ class StepContext:
     iteration: int
     global_step: int
     dist: DistContext
+    cfg: Any = None
+    """The run's config (a method reads its own sections from it)."""
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,3 +71,66 @@ class Method(Protocol):
     def loss(self, outputs: Any, batch: Any, ctx: StepContext) -> LossOutput: ...
 
     def embedder(self, model: torch.nn.Module, cfg: Any) -> Any: ...
+
+
+class ImageEmbedder:
+    """Retrieval features of an image model for the protocol runner: ``model.extract`` only, no losses.
+
+    ``embed_images(images, modality)`` routes the batch through the stem of ``modality`` and returns the
+    configured feature (``eval.feature``); the runner L2-normalises.
+    """
+
+    def __init__(self, model: torch.nn.Module, feature: str = "bn"):
+        self.model = model
+        self.feature = feature
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor, modality) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model.extract(images, int(modality), feature=self.feature)
+        finally:
+            self.model.train(was_training)
+
+    __call__ = embed_images
+
+
+class ImageMethodBase:
+    """Shared wiring of the image-to-image VI-ReID methods (baseline, IDKL, DAKD).
+
+    Subclasses set ``name``/``config_class`` and implement ``build_model``, ``forward`` and ``loss``.
+    """
+
+    task = "vireid"
+
+    def build_train_loader(self, cfg: Any, split: Any, dist: DistContext) -> TrainLoader:
+        import dataclasses
+
+        from vireid.data.datasets import build_cross_modal_loader
+
+        if cfg.train.iters_per_epoch > 0:  # CPU demos cap the epoch length
+            cfg = dataclasses.replace(
+                cfg, sampler=dataclasses.replace(cfg.sampler, epoch_length=str(cfg.train.iters_per_epoch))
+            )
+        loader = build_cross_modal_loader(
+            split.records,
+            cfg,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            cache_dir=cfg.data.cache_dir,
+        )
+        views = loader.dataset.views
+        per_draw = views.num_visible_views + views.num_infrared_views
+        return TrainLoader(
+            loader=loader, sampler=loader.batch_sampler, images_per_batch=cfg.sampler.P * cfg.sampler.K * per_draw
+        )
+
+    def embedder(self, model: torch.nn.Module, cfg: Any) -> ImageEmbedder:
+        return ImageEmbedder(model, feature=cfg.eval.feature)
+
+    def test_transform(self, cfg: Any):
+        from vireid.data.transforms import build_test_transform
+
+        interpolation = "bilinear" if cfg.aug.preset == "idkl" else "lanczos"
+        return build_test_transform(cfg.data.height, cfg.data.width, interpolation=interpolation)

@@ -85,6 +85,17 @@ def test_graph_has_a_dynamic_batch_axis_and_preprocessing_metadata(report):
     np.testing.assert_allclose(pre["mean"], [0.485, 0.456, 0.406])
 
 
+def test_metadata_is_enough_to_run_the_graph_without_vireid(report, ckpt, images):
+    """The recipe of docs/deployment.md: PIL resize + scale + normalise from the metadata, then onnxruntime."""
+    path = report.graphs[1].path
+    pre = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["vireid.preprocessing"])
+    resample = getattr(Image.Resampling, pre["interpolation"].upper())
+    img = Image.open(images[3]).convert("RGB").resize((pre["width"], pre["height"]), resample)
+    x = (np.asarray(img, dtype=np.float32) / 255 - pre["mean"]) / pre["std"]
+    got = run_onnx(path, images=torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32)))
+    assert np.abs(got - FeatureExtractor(ckpt)(images[3], "infrared").numpy()).max() < 1e-4
+
+
 def test_graph_paths_name_one_file_per_modality(tmp_path):
     assert graph_paths(tmp_path / "m.onnx", ["visible"]) == {"visible": tmp_path / "m.visible.onnx"}
     assert graph_paths(tmp_path / "m", ["pair"]) == {"pair": tmp_path / "m.pair.onnx"}

@@ -39,13 +39,17 @@ def image_paths(tmp_path_factory) -> list[Path]:
 
 
 def direct_features(extractor: FeatureExtractor, paths, modality: int, flip: bool = False) -> torch.Tensor:
-    """Reference: test transform -> model.extract (BNNeck feature) -> [+ flipped] -> L2 normalise."""
+    """Reference: test transform -> model.extract (BNNeck feature) -> L2 normalise; with flip, the protocol
+    runner's l2(l2(h(x)) + l2(h(mirrored x)))."""
     x = torch.stack([extractor.transform(load_image(p)) for p in paths])
     with torch.no_grad():
-        f = extractor.model.extract(x, modality, feature="bn")
+        f = F.normalize(extractor.model.extract(x, modality, feature="bn"), dim=1)
         if flip:
-            f = f + extractor.model.extract(torch.flip(x, dims=[3]), modality, feature="bn")
-    return F.normalize(f, dim=1)
+            mirrored = torch.stack(
+                [extractor.transform(load_image(p).transpose(Image.Transpose.FLIP_LEFT_RIGHT)) for p in paths]
+            )
+            f = F.normalize(f + F.normalize(extractor.model.extract(mirrored, modality, feature="bn"), dim=1), dim=1)
+    return f
 
 
 def test_features_equal_a_direct_forward(extractor, image_paths):

@@ -250,6 +250,13 @@ def test_bad_inputs_give_clear_errors(tmp_path, ckpt, extractor, index, gallery)
     (tmp_path / "no_images").mkdir()
     with pytest.raises(DataError, match="no images"):
         build_index(extractor, tmp_path / "no_images", tmp_path / "x.vidx")
+    broken_gallery = tmp_path / "broken_gallery" / "cam1" / "0001"
+    broken_gallery.mkdir(parents=True)
+    Image.fromarray(identity_pattern(1)).save(broken_gallery / "0001.png")
+    (broken_gallery / "0002.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(DataError, match=r"0002\.png is not a readable image"):
+        build_index(extractor, tmp_path / "broken_gallery", tmp_path / "partial.vidx")
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # nothing half-written is left
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(DataError, match="refusing to overwrite"):
         build_index(extractor, root, tmp_path / "precious.txt")
@@ -274,3 +281,57 @@ def test_text_search_over_rgb_thermal_pairs(monkeypatch, tmp_path):
     assert Image.open(tmp_path / "t.png").size == (8 + 200 + 16 + 3 * 138 + 2 * 4 + 8, 166)
     with pytest.raises(ConfigError, match="use --text"):
         search_cli(str(index.folder), query=str(tmp_path / "pairs" / "RGB" / names[0]))
+
+
+# ------------------------------------------------------------------------------------ worst-query pictures
+
+
+def reference_ap(sim_row: torch.Tensor, g_pids: list[int], q_pid: int, keep: list[bool]) -> float:
+    """AP by the textbook loop: rank kept items by descending similarity, average j / rank of the j-th match."""
+    order = [i for i in sim_row.argsort(descending=True).tolist() if keep[i]]
+    ranks = [r for r, i in enumerate(order, start=1) if g_pids[i] == q_pid]
+    return sum(j / r for j, r in enumerate(ranks, start=1)) / len(ranks)
+
+
+def test_worst_queries_are_the_lowest_ap_and_are_drawn(tmp_path, extractor, gallery):
+    from vireid.data.records import ImageRecord, Modality
+    from vireid.evaluation.trial import Trial
+    from vireid.visualize import save_worst_queries, trial_features, worst_query_rows
+
+    root, written = gallery
+    g_records = tuple(ImageRecord(str(root / rel), pid, 1, Modality.VISIBLE) for rel, pid in written)
+    q_records = []
+    for pid in PIDS:
+        path = tmp_path / f"q{pid}.png"
+        Image.fromarray(noisy(identity_pattern(pid), seed=7000 + pid)).save(path)
+        # Query 1 shows identity 1 but is labelled 4: its true matches rank low, so its AP is the lowest.
+        q_records.append(ImageRecord(str(path), 4 if pid == 1 else pid, 3, Modality.INFRARED))
+    trial = Trial("toy.ir2vis", 0, tuple(q_records), g_records, rule="regdb", max_rank=5)
+    qf, gf = trial_features(trial, extractor)
+    torch.testing.assert_close(qf, extractor([r.path for r in q_records], "infrared"))
+    rows, worst, aps = worst_query_rows(trial, qf, gf, 2, top=4)
+    sim = qf @ gf.T
+    g_pids = [r.pid for r in g_records]
+    expected = [reference_ap(sim[i], g_pids, q_records[i].pid, [True] * len(g_pids)) for i in range(len(q_records))]
+    assert worst == sorted(range(len(expected)), key=lambda i: expected[i])[:2] and 0 in worst
+    np.testing.assert_allclose(aps, [expected[i] for i in worst], rtol=1e-6)
+    assert [len(r.gallery) for r in rows] == [4, 4]
+    path = save_worst_queries(trial, 2, tmp_path / "ranklists", extractor=extractor, top=4)
+    assert path.name == "toy.ir2vis.trial0.worst2.png"
+    assert Image.open(path).size == (8 + 72 + 16 + 4 * 72 + 3 * 4 + 8, 8 + 2 * 150 + 10 + 8)
+
+
+def test_worst_query_pictures_leave_out_what_the_protocol_discards(tmp_path, extractor, gallery):
+    from vireid.data.records import ImageRecord, Modality
+    from vireid.evaluation.trial import Trial
+    from vireid.visualize import worst_query_rows
+
+    root, written = gallery
+    # SYSU rule: a cam3 query discards every cam2 gallery image; here identities 1-2 are in cam2.
+    g_records = tuple(ImageRecord(str(root / rel), pid, 2 if pid <= 2 else 1, Modality.VISIBLE) for rel, pid in written)
+    q_records = (ImageRecord(str(root / written[0][0]), 3, 3, Modality.INFRARED),)
+    trial = Trial("toy.sysu", 0, q_records, g_records, rule="sysu", max_rank=5)
+    rows, _, _ = worst_query_rows(
+        trial, *(extractor([r.path for r in rs], "visible") for rs in (q_records, g_records)), 1, top=15
+    )
+    assert len(rows[0].gallery) == sum(1 for _, pid in written if pid > 2)  # only the cam1 images are drawn

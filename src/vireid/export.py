@@ -1,9 +1,9 @@
 """Export a checkpoint's inference path to ONNX and check it against onnxruntime (``vireid export``).
 
 What is exported is exactly what :class:`vireid.FeatureExtractor` computes after preprocessing: the method's
-embedder (``model.extract`` for the image methods, no classifier), the flipped-image sum when the checkpoint
-uses flip test-time augmentation (``eval.flip``), and the L2 normalisation. So ONNX outputs can be compared
-with features from ``vireid index`` / ``vireid test`` directly.
+embedder (``model.extract`` for the image methods, no classifier), flip test-time augmentation when the
+checkpoint uses it (``eval.flip``; :func:`vireid.inference.embed_with_flip`), and the L2 normalisation. So ONNX
+outputs can be compared with features from ``vireid index`` / ``vireid test`` directly.
 
 **One graph per modality.** Two-stream networks route images through a stem chosen by modality; a traced
 graph cannot branch on a per-row modality tensor, and computing both stems for every row to pick one would
@@ -31,17 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vireid.errors import ConfigError, VireidError, require
+from vireid.inference import embed_with_flip
 
 DEFAULT_PARITY_BATCHES = (1, 7)
 DEFAULT_ATOL = 1e-4
 
 
 class ImageFeatureGraph(nn.Module):
-    """``images (B, 3, H, W) -> features (B, D)`` for one fixed modality: embed, [+ flipped], L2-normalise."""
+    """``images (B, 3, H, W) -> features (B, D)`` for one fixed modality: embed, [flip TTA], L2-normalise."""
 
     def __init__(self, model: nn.Module, embedder: Any, modality: int, flip: bool):
         super().__init__()
@@ -51,10 +51,7 @@ class ImageFeatureGraph(nn.Module):
         self.flip = bool(flip)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.embedder.embed_images(images, self.modality).float()
-        if self.flip:
-            feats = feats + self.embedder.embed_images(torch.flip(images, dims=[3]), self.modality).float()
-        return F.normalize(feats, dim=1)
+        return embed_with_flip(lambda x: self.embedder.embed_images(x, self.modality), (images,), self.flip)
 
 
 class PairFeatureGraph(nn.Module):
@@ -67,10 +64,7 @@ class PairFeatureGraph(nn.Module):
         self.flip = bool(flip)
 
     def forward(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
-        feats = self.embedder.embed_pairs(rgb, thermal).float()
-        if self.flip:
-            feats = feats + self.embedder.embed_pairs(torch.flip(rgb, dims=[3]), torch.flip(thermal, dims=[3])).float()
-        return F.normalize(feats, dim=1)
+        return embed_with_flip(self.embedder.embed_pairs, (rgb, thermal), self.flip)
 
 
 @dataclass

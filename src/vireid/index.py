@@ -172,6 +172,10 @@ class FeatureFileWriter:
         if self.rows_written != self.num_rows:
             raise ValueError(f"{self.path}: {self.rows_written} rows written, {self.num_rows} declared")
 
+    def abort(self) -> None:
+        """Close the file without the completeness check (the caller discards it)."""
+        self._handle.close()
+
     def __enter__(self) -> FeatureFileWriter:
         return self
 
@@ -179,7 +183,7 @@ class FeatureFileWriter:
         if exc_type is None:
             self.close()
         else:
-            self._handle.close()
+            self.abort()
 
 
 def open_feature_file(path: str | os.PathLike) -> np.ndarray:
@@ -486,8 +490,8 @@ def build_index(
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    writer: FeatureFileWriter | None = None
     try:
-        writer: FeatureFileWriter | None = None
         for feats in batches:
             if writer is None:
                 meta_tags = {"format": INDEX_FORMAT, "vireid": __version__}
@@ -524,6 +528,8 @@ def build_index(
             save_ivf(build_ivf(open_feature_file(tmp / FEATURES_FILE), ivf_lists), tmp / IVF_FILE)
         _replace_folder(tmp, output)
     except BaseException:
+        if writer is not None:
+            writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return GalleryIndex.open(output)

@@ -29,7 +29,7 @@ replicated to 3 channels) whatever their type, so a path and the decoded image g
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +104,18 @@ def parse_modality(value: str | int | Modality, *, task: str) -> ModalityName:
     return name
 
 
+def embed_with_flip(embed: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], flip: bool) -> torch.Tensor:
+    """L2-normalised float32 features of ``embed(*inputs)``; with ``flip``, of both the inputs and their mirror
+    images: ``l2(l2(h(x)) + l2(h(flip_W(x))))``, the definition of the protocol runner, so that features equal
+    those ``vireid test`` scores. Shared by :class:`FeatureExtractor` and the ONNX graphs (``vireid.export``).
+    """
+    feats = F.normalize(embed(*inputs).float(), dim=1)
+    if flip:
+        mirrored = F.normalize(embed(*(torch.flip(x, dims=[-1]) for x in inputs)).float(), dim=1)
+        feats = F.normalize(feats + mirrored, dim=1)
+    return feats
+
+
 def _describe(item: Any) -> str:
     if isinstance(item, np.ndarray | torch.Tensor):
         return f"{type(item).__name__} of shape {tuple(item.shape)} and dtype {item.dtype}"
@@ -119,8 +131,8 @@ class FeatureExtractor:
         batch_size: inputs per forward pass.
         amp: autocast on the GPU: ``auto`` (bf16 where supported, else fp16), ``bf16``, ``fp16`` or ``none``.
             Features are always returned in float32 and normalised in float32.
-        flip: add the features of the horizontally flipped image (flip test-time augmentation); default
-            the checkpoint's ``eval.flip``, so that features match ``vireid test``.
+        flip: flip test-time augmentation (:func:`embed_with_flip`); default the checkpoint's ``eval.flip``,
+            so that features match ``vireid test``.
         prefer: which checkpoint of a run folder to use (``best`` or ``last``).
 
     Example::
@@ -294,13 +306,10 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def _run(self, fn, *batches: torch.Tensor) -> torch.Tensor:
-        """Sum of the embeddings of the batch and, with flip, of its mirror image; float32."""
+        """Normalised float32 features of the batch (with flip TTA if set), see :func:`embed_with_flip`."""
         batches = tuple(b.to(self.device, non_blocking=True) for b in batches)
         with self._autocast():
-            out = fn(*batches).float()
-            if self.flip:
-                out = out + fn(*(torch.flip(b, dims=[3]) for b in batches)).float()
-        return out
+            return embed_with_flip(fn, batches, self.flip)
 
     @staticmethod
     def _finish(chunks: list[torch.Tensor]) -> torch.Tensor:

@@ -250,17 +250,48 @@ def worst_query_rows(
     return rows, worst, [float(metrics.ap[i]) for i in worst]
 
 
+def trial_features(trial: Any, extractor: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, D) query and (G, D) gallery features of a trial in record order, with a
+    :class:`vireid.inference.FeatureExtractor` (the same features the protocol runner scores)."""
+    if trial.rule == "text":
+        queries = extractor.extract_texts([r.text for r in trial.query])
+        gallery = extractor.extract_pairs([(r.path, r.pair_path) for r in trial.gallery])
+        return queries, gallery
+
+    def by_modality(records) -> torch.Tensor:
+        out = None
+        for modality in sorted({int(r.modality) for r in records}):
+            rows = [i for i, r in enumerate(records) if int(r.modality) == modality]
+            feats = extractor.extract_images([records[i].path for i in rows], modality)
+            if out is None:
+                out = torch.empty(len(records), feats.shape[1])
+            out[rows] = feats
+        assert out is not None
+        return out
+
+    return by_modality(trial.query), by_modality(trial.gallery)
+
+
 def save_worst_queries(
     trial: Any,
-    query_features: torch.Tensor,
-    gallery_features: torch.Tensor,
     k: int,
     out_dir: str | os.PathLike,
     *,
+    extractor: Any = None,
+    query_features: torch.Tensor | None = None,
+    gallery_features: torch.Tensor | None = None,
     top: int = 10,
     layout: RankListLayout | None = None,
 ) -> Path:
-    """Write ``<out_dir>/<protocol>.trial<i>.worst<k>.png``: the rank lists of the ``k`` worst queries by AP."""
+    """Write ``<out_dir>/<protocol>.trial<i>.worst<k>.png``: the rank lists of the ``k`` worst queries by AP.
+
+    Give either the trial's features or a :class:`vireid.inference.FeatureExtractor` to compute them. Ranking
+    and AP use cosine similarity (re-ranking, if the test used it, is not applied to the pictures).
+    """
+    if query_features is None or gallery_features is None:
+        if extractor is None:
+            raise ValueError("save_worst_queries needs the trial's features or an extractor to compute them")
+        query_features, gallery_features = trial_features(trial, extractor)
     rows, _, _ = worst_query_rows(trial, query_features, gallery_features, k, top=top)
     if not rows:
         raise ValueError(f"trial {trial.protocol_id} #{trial.index} has no valid query to draw")

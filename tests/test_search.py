@@ -4,6 +4,7 @@ pictures, the CLI, and clear errors for bad input."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from deploy_fixtures import (
     write_pair_gallery,
 )
 from vireid.cli import main
-from vireid.errors import CheckpointError, ConfigError, DataError
+from vireid.errors import CheckpointError, ConfigError, DataError, MissingDependencyError
 from vireid.index import (
     FeatureFileWriter,
     GalleryIndex,
@@ -227,7 +228,7 @@ def test_command_line_index_and_search(tmp_path, ckpt, gallery, capsys):
     assert "missing.vidx does not exist" in capsys.readouterr().err
 
 
-def test_bad_inputs_give_clear_errors(tmp_path, ckpt, extractor, index, gallery):
+def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch, ckpt, extractor, index, gallery):
     root, _ = gallery
     query = str(root / "cam1/0001/0001.png")
     with pytest.raises(DataError, match="does not exist"):
@@ -247,6 +248,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, ckpt, extractor, index, gallery)
         search_cli(str(index.folder), query=query, checkpoint=str(other))
     with pytest.raises(DataError, match="do not match the index's 64-d features"):
         index.search(torch.zeros(1, 5))
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "faiss", None)  # the faiss extra is not installed
+        with pytest.raises(MissingDependencyError, match=r"faiss search.*pip install 'vireid\[faiss\]'"):
+            GalleryIndex.open(index.folder).search(torch.zeros(1, 64), backend="faiss")
     (tmp_path / "no_images").mkdir()
     with pytest.raises(DataError, match="no images"):
         build_index(extractor, tmp_path / "no_images", tmp_path / "x.vidx")

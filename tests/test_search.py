@@ -340,3 +340,24 @@ def test_worst_query_pictures_leave_out_what_the_protocol_discards(tmp_path, ext
         trial, *(extractor([r.path for r in rs], "visible") for rs in (q_records, g_records)), 1, top=15
     )
     assert len(rows[0].gallery) == sum(1 for _, pid in written if pid > 2)  # only the cam1 images are drawn
+
+
+def test_vireid_test_visualize_writes_the_worst_query_pictures(tmp_path, ckpt):
+    from layout_builders import build_sysu, default_sysu_folders
+    from vireid.engine.testing import test_checkpoint as run_test  # renamed: not a pytest test
+
+    root = build_sysu(tmp_path / "SYSU-MM01", default_sysu_folders(), (1, 2, 3, 4), (5, 6), (7, 8, 9, 10, 11))
+    out = tmp_path / "test"
+    run_test(
+        ckpt,
+        root=str(root),
+        protocols=["sysu.all.single.random"],
+        trials=1,
+        visualize=3,
+        out=out,
+        console=Console(record=True),
+    )
+    (picture,) = (out / "ranklists").iterdir()
+    assert picture.name == "sysu.all.single.random.trial0.worst3.png"
+    width, height = Image.open(picture).size
+    assert height == 8 + 3 * 150 + 2 * 10 + 8 and 8 + 72 + 16 + 72 + 8 <= width <= 8 + 72 + 16 + 10 * 76 - 4 + 8

@@ -232,10 +232,10 @@ def worst_query_rows(
             if text_queries
             else _display_junk(trial.rule, q_pids[qi], q_cams[qi], g_pids, g_cams)
         )
-        scores = sim[qi].clone()
-        scores[torch.from_numpy(junk)] = -float("inf")
-        kept = int((~junk).sum())
-        top_s, top_i = scores.topk(min(top, kept))
+        # Stable descending order (ties by gallery index) over the kept items: the ranking the metrics score.
+        kept = torch.from_numpy(np.flatnonzero(~junk))
+        order = torch.sort(sim[qi, kept], descending=True, stable=True).indices[:top]
+        top_s, top_i = sim[qi, kept[order]], kept[order]
         caption = f"id {record.pid} AP {100 * metrics.ap[qi]:.1f}"
         if text_queries:
             q_tile = RankTile(text=record.text, caption=caption, is_query=True)

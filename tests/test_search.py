@@ -289,6 +289,14 @@ def test_text_search_over_rgb_thermal_pairs(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ worst-query pictures
+# These need vireid.evaluation (per-query AP, the protocol runner), which lands on main separately; until it
+# is merged they are skipped, afterwards they gate like every other test.
+
+
+@pytest.fixture
+def evaluation_package():
+    pytest.importorskip("vireid.evaluation.metrics", reason="the evaluation package is not merged yet")
+    pytest.importorskip("vireid.evaluation.runner", reason="the evaluation package is not merged yet")
 
 
 def reference_ap(sim_row: torch.Tensor, g_pids: list[int], q_pid: int, keep: list[bool]) -> float:
@@ -298,7 +306,7 @@ def reference_ap(sim_row: torch.Tensor, g_pids: list[int], q_pid: int, keep: lis
     return sum(j / r for j, r in enumerate(ranks, start=1)) / len(ranks)
 
 
-def test_worst_queries_are_the_lowest_ap_and_are_drawn(tmp_path, extractor, gallery):
+def test_worst_queries_are_the_lowest_ap_and_are_drawn(tmp_path, extractor, gallery, evaluation_package):
     from vireid.data.records import ImageRecord, Modality
     from vireid.evaluation.trial import Trial
     from vireid.visualize import save_worst_queries, trial_features, worst_query_rows
@@ -326,7 +334,7 @@ def test_worst_queries_are_the_lowest_ap_and_are_drawn(tmp_path, extractor, gall
     assert Image.open(path).size == (8 + 72 + 16 + 4 * 72 + 3 * 4 + 8, 8 + 2 * 150 + 10 + 8)
 
 
-def test_worst_query_pictures_leave_out_what_the_protocol_discards(tmp_path, extractor, gallery):
+def test_worst_query_pictures_leave_out_what_the_protocol_discards(tmp_path, extractor, gallery, evaluation_package):
     from vireid.data.records import ImageRecord, Modality
     from vireid.evaluation.trial import Trial
     from vireid.visualize import worst_query_rows
@@ -342,7 +350,7 @@ def test_worst_query_pictures_leave_out_what_the_protocol_discards(tmp_path, ext
     assert len(rows[0].gallery) == sum(1 for _, pid in written if pid > 2)  # only the cam1 images are drawn
 
 
-def test_vireid_test_visualize_writes_the_worst_query_pictures(tmp_path, ckpt):
+def test_vireid_test_visualize_writes_the_worst_query_pictures(tmp_path, ckpt, evaluation_package):
     from layout_builders import build_sysu, default_sysu_folders
     from vireid.engine.testing import test_checkpoint as run_test  # renamed: not a pytest test
 

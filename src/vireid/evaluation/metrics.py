@@ -584,23 +584,32 @@ def _chunk_metrics(
         torch.lt(base, 0, out=examine)
     lin = _flat_nonzero(examine).to(device)  # sorted flat indices (row-major)
     item_base = base_flat.index_select(0, lin)
-    f_lin = lin.index_select(0, _flat_nonzero(item_base < 0).to(device))
+    flagged = _flat_nonzero(item_base < 0).to(device)
+    f_lin = lin.index_select(0, flagged)
     f_row = torch.div(f_lin, num_g, rounding_mode="floor")
-    f_first = base_flat.index_select(0, f_lin).long() + (flag - bins * f_row)  # first match in the bucket
-    f_key, f_val = key_flat.index_select(0, f_lin), d_flat.index_select(0, f_lin)
-    f_bin = f_first.clone()
-    f_tie = torch.zeros_like(f_lin, dtype=torch.bool)
-    f_nm = num_matches.index_select(0, f_row)
+    f_first = item_base.index_select(0, flagged).long() + (flag - bins * f_row)  # first match in the bucket
+    f_val = d_flat.index_select(0, f_lin)
     pos_flat, keys_flat = pos_sorted.reshape(-1), match_keys.reshape(-1)
-    for t in range(r_max):
-        j = f_first + t
-        at = f_row * r_max + j.clamp(max=r_max - 1)
-        live = (j < f_nm) & (keys_flat.index_select(0, at) == f_key)
-        if not bool(live.any()):
+    # Every flagged bucket holds at least one match: compare with it, then with any further match that shares
+    # the bucket (rare with ~64 buckets per match), on the shrinking set of items concerned.
+    at = f_row * r_max + f_first
+    p = pos_flat.index_select(0, at)
+    f_bin = f_first + (p < f_val)
+    f_tie = p == f_val
+    more = torch.arange(len(f_lin), device=device)
+    m_key, m_val, m_at, m_left = key_flat.index_select(0, f_lin), f_val, at, num_matches.index_select(0, f_row) - f_first
+    for _ in range(1, r_max):
+        m_left = m_left - 1
+        m_at = m_at + 1
+        live = m_left > 0
+        live &= keys_flat.index_select(0, m_at.clamp(max=len(keys_flat) - 1)) == m_key
+        keep = _flat_nonzero(live).to(device)
+        if len(keep) == 0:
             break
-        p = pos_flat.index_select(0, at)
-        f_bin += live & (p < f_val)
-        f_tie |= live & (p == f_val)
+        more, m_key, m_val, m_at, m_left = (x.index_select(0, keep) for x in (more, m_key, m_val, m_at, m_left))
+        p = pos_flat.index_select(0, m_at)
+        f_bin.index_add_(0, more, (p < m_val).long())
+        f_tie.index_fill_(0, more[p == m_val], True)
     base_flat.index_copy_(0, f_lin, (f_bin + bins * f_row).to(index_dtype))
     f_col = f_lin - f_row * num_g
     f_own = labels.g_gid.index_select(0, f_col) == q_gid.index_select(0, f_row)

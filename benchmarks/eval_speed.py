@@ -65,7 +65,8 @@ def model_like(q_pids, g_pids, rng: np.random.Generator, dim: int = 64) -> np.nd
     q = torch.from_numpy(centres[q_pids] + 1.4 * rng.standard_normal((len(q_pids), dim)).astype(np.float32))
     g = torch.from_numpy(centres[g_pids] + 1.4 * rng.standard_normal((len(g_pids), dim)).astype(np.float32))
     q, g = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1)
-    return (2.0 - 2.0 * (q @ g.T)).numpy()
+    dist = torch.mm(q, g.T, out=torch.empty(len(q), len(g)))  # in place: the MSMT matrix alone is 4 GB
+    return dist.mul_(-2.0).add_(2.0).numpy()
 
 
 # --------------------------------------------------------------------------------------------- timing

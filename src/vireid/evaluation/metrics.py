@@ -20,11 +20,12 @@ binary search (which costs about as much as sorting in PyTorch): each row's matc
 a small table of equal-width buckets, one gather reads the bin at the bucket's lower edge, and only the few
 items that share a bucket with a match, or precede the first match, are looked at again. All arithmetic that
 assigns buckets is monotone and identical for matches and non-matches, so the result is exact, not an
-approximation. Rows in which a non-match has exactly the same distance as a match (a tie, where only the
-stable order decides) are recomputed with a stable sort, so ties agree with the reference too.
+approximation; an item with exactly the same distance as a match (a tie, common with float32 scores and large
+galleries) is placed by gallery index, exactly as a stable sort would place it.
 
 Work is chunked over queries (``chunk_size`` rows at a time) and runs wherever the distance tensor lives
-(CPU or GPU); peak extra memory is a few times the chunk (about 20 bytes per chunk element).
+(CPU or GPU); peak extra memory is about 30 bytes per chunk element (~60 MB at the default chunk, whatever
+the matrix size), against 12 bytes per *matrix* element for a sort with indices.
 ``vireid.evaluation.reference`` holds the plain per-query loop that these functions are tested against.
 """
 
@@ -59,7 +60,7 @@ _CAMERA_RULES = frozenset({"sysu", "llcm", "market"})
 _SYSU_QUERY_CAM, _SYSU_JUNK_GALLERY_CAM = 3, 2  # cam3 (IR, room 2) and cam2 (visible, room 2) share a location
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
-"""Default work per chunk (query rows x gallery size); about 40 MB of temporaries."""
+"""Default work per chunk (query rows x gallery size); about 60 MB of temporaries."""
 
 
 def cmc_variant(rule: str) -> str:
@@ -529,9 +530,10 @@ def _chunk_metrics(
     valid_row = num_matches > 0
     nm = num_matches.clamp(min=1)
 
+    # P: the valid matches in stable order (distance, then gallery index: match_cols ascend within a run).
     inf = torch.tensor(float("inf"), dtype=d.dtype, device=device)
-    match_vals = d.gather(1, match_cols)
-    pos_sorted, sort_idx = torch.sort(torch.where(valid_match, match_vals, inf), dim=1)  # P: (B, r_max)
+    pos_sorted, sort_idx = torch.sort(torch.where(valid_match, d.gather(1, match_cols), inf), dim=1, stable=True)
+    pos_cols = match_cols.gather(1, sort_idx)
     valid_sorted = slot.unsqueeze(0) < num_matches.unsqueeze(1)
 
     # --- bucket keys: a monotone map of distance to 0..n_buckets+3, identical for every item ------------
@@ -553,7 +555,7 @@ def _chunk_metrics(
     key.copy_(keyf)  # truncation toward zero of non-negative values
     if removed_cols is not None and len(removed_cols):
         key.index_fill_(1, removed_cols, n_buckets + 4)
-    match_keys = key.gather(1, match_cols.gather(1, sort_idx))  # (B, r_max), ascending where valid
+    match_keys = key.gather(1, pos_cols)  # (B, r_max), ascending where valid
 
     # --- per-row table: bin at each bucket's lower edge, offset per row, minus FLAG if a match is inside --
     bins = r_max + 1
@@ -569,15 +571,23 @@ def _chunk_metrics(
     flag_step = (first_in_bucket * flag).to(index_dtype)
     steps.scatter_add_(1, safe_keys, -flag_step)
     steps.scatter_add_(1, safe_keys + 1, flag_step)
-    table = torch.cumsum(steps, 1, dtype=index_dtype, out=work.get("table", (num_b, width), index_dtype))
+    table = steps.cumsum_(1)
     base = torch.gather(table, 1, key, out=work.get("base", (num_b, num_g), index_dtype))
     # base: (B, G) bin at the bucket's lower edge, plus the row offset, minus FLAG if a match is inside
 
+    # Own-identity items (the matches themselves, and removed ones) are not non-matches: park them in bin
+    # r_max, which no rank ever counts (padding slots repeat the run's first column).
+    own_cols = torch.where(in_group, match_cols, match_cols[:, :1])
+    base.scatter_(1, own_cols, (row_off + r_max).to(index_dtype).unsqueeze(1).expand_as(own_cols))
+
     # --- look again, one by one, at items that share a bucket with a match or precede the first match ---
+    # An item's bin is the number of matches ahead of it in the stable order: a match is ahead if it is
+    # closer, or equally close with a smaller gallery index. Ties are therefore exact here too.
     # (1-D index_select everywhere: several times faster than advanced indexing on CPU.)
     dedup = rule in DEDUPLICATED_CMC_RULES
     base_flat, key_flat, d_flat = base.view(-1), key.view(-1), d.view(-1)
-    examine = work.get("examine", (num_b, num_g), torch.bool)
+    # The float keys are no longer needed: their buffer holds the (B, G) bool mask.
+    examine = keyf.view(-1).view(torch.uint8)[: num_b * num_g].view(torch.bool).view(num_b, num_g)
     if dedup:
         torch.le(base, row_off.to(index_dtype).unsqueeze(1), out=examine)
     else:
@@ -587,46 +597,37 @@ def _chunk_metrics(
     flagged = _flat_nonzero(item_base < 0).to(device)
     f_lin = lin.index_select(0, flagged)
     f_row = torch.div(f_lin, num_g, rounding_mode="floor")
+    f_col = f_lin - f_row * num_g
     f_first = item_base.index_select(0, flagged).long() + (flag - bins * f_row)  # first match in the bucket
     f_val = d_flat.index_select(0, f_lin)
-    pos_flat, keys_flat = pos_sorted.reshape(-1), match_keys.reshape(-1)
+    pos_flat, cols_flat, keys_flat = pos_sorted.reshape(-1), pos_cols.reshape(-1), match_keys.reshape(-1)
+
+    def ahead(at: torch.Tensor, value: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        p = pos_flat.index_select(0, at)
+        return (p < value) | ((p == value) & (cols_flat.index_select(0, at) < col))
+
     # Every flagged bucket holds at least one match: compare with it, then with any further match that shares
     # the bucket (rare with ~64 buckets per match), on the shrinking set of items concerned.
     at = f_row * r_max + f_first
-    p = pos_flat.index_select(0, at)
-    f_bin = f_first + (p < f_val)
-    f_tie = p == f_val
+    f_bin = f_first + ahead(at, f_val, f_col)
     more = torch.arange(len(f_lin), device=device)
-    m_key, m_val, m_at, m_left = key_flat.index_select(0, f_lin), f_val, at, num_matches.index_select(0, f_row) - f_first
+    m_key, m_val, m_col, m_at = key_flat.index_select(0, f_lin), f_val, f_col, at
+    m_left = num_matches.index_select(0, f_row) - f_first
     for _ in range(1, r_max):
-        m_left = m_left - 1
-        m_at = m_at + 1
-        live = m_left > 0
-        live &= keys_flat.index_select(0, m_at.clamp(max=len(keys_flat) - 1)) == m_key
+        m_left, m_at = m_left - 1, m_at + 1
+        live = (m_left > 0) & (keys_flat.index_select(0, m_at.clamp(max=len(keys_flat) - 1)) == m_key)
         keep = _flat_nonzero(live).to(device)
         if len(keep) == 0:
             break
-        more, m_key, m_val, m_at, m_left = (x.index_select(0, keep) for x in (more, m_key, m_val, m_at, m_left))
-        p = pos_flat.index_select(0, m_at)
-        f_bin.index_add_(0, more, (p < m_val).long())
-        f_tie.index_fill_(0, more[p == m_val], True)
+        more, m_key, m_val, m_col, m_at, m_left = (
+            x.index_select(0, keep) for x in (more, m_key, m_val, m_col, m_at, m_left)
+        )
+        f_bin.index_add_(0, more, ahead(m_at, m_val, m_col).long())
     base_flat.index_copy_(0, f_lin, (f_bin + bins * f_row).to(index_dtype))
-    f_col = f_lin - f_row * num_g
-    f_own = labels.g_gid.index_select(0, f_col) == q_gid.index_select(0, f_row)
-    tie_row = torch.zeros(num_b, dtype=torch.bool, device=device)
-    tie_row[f_row[f_tie & ~f_own]] = True
 
     # --- ranks of the matches: j + 1 + non-matches with a smaller bin ------------------------------------
     hist = torch.bincount(base_flat, minlength=num_b * bins).view(num_b, bins)
-    # Own-identity items entered the histogram too; remove them. Their bins are #{P < value}; removed ones
-    # (SYSU cam2 for a cam3 query) and padding sit in bin R, which never counts.
-    own_vals = torch.where(in_group, match_vals, inf)
-    if rule == "sysu" and junk_at_match is not None:
-        own_vals = torch.where(junk_at_match, inf, own_vals)
-    own_bins = torch.searchsorted(pos_sorted, own_vals.contiguous())
-    own_hist = torch.zeros(num_b, bins + 1, dtype=torch.int64, device=device)
-    own_hist.scatter_add_(1, own_bins, torch.ones_like(own_bins))
-    negatives_before = (hist - own_hist[:, :bins]).cumsum(1)[:, :r_max]
+    negatives_before = hist.cumsum(1)[:, :r_max]
     ranks = (slot + 1).unsqueeze(0) + negatives_before  # (B, r_max), valid where slot < num_matches
 
     precision = torch.where(valid_sorted, (slot + 1).unsqueeze(0) / ranks.to(torch.float64), 0.0)
@@ -636,58 +637,18 @@ def _chunk_metrics(
     first_rank = torch.where(valid_row, ranks[:, 0], first_rank)
 
     if dedup:
-        # Other identities with an item in bin 0, i.e. closer than the first match: all were examined above.
+        # Identities with an item in bin 0 (ahead of the first match): all were examined above, and none is
+        # the query's own identity (parked in bin r_max).
         item_row = torch.div(lin, num_g, rounding_mode="floor")
-        item_gid = labels.g_gid.index_select(0, lin - item_row * num_g)
-        ahead = (base_flat.index_select(0, lin) == bins * item_row) & (item_gid != q_gid.index_select(0, item_row))
+        front = _flat_nonzero(base_flat.index_select(0, lin) == bins * item_row).to(device)
+        front_row, front_lin = item_row.index_select(0, front), lin.index_select(0, front)
+        front_gid = labels.g_gid.index_select(0, front_lin - front_row * num_g)
         seen = torch.zeros(num_b * labels.num_ids, dtype=torch.bool, device=device)
-        seen[(item_row * labels.num_ids + item_gid)[ahead]] = True
+        seen.index_fill_(0, front_row * labels.num_ids + front_gid, True)
         cmc_pos = torch.where(valid_row, 1 + seen.view(num_b, labels.num_ids).sum(1), cmc_pos)
     else:
         cmc_pos = first_rank.clone()
-
-    tie_rows = (tie_row & valid_row).nonzero().squeeze(1)
-    if len(tie_rows):
-        exact = _sorted_rows_metrics(d[tie_rows], labels, rule, rows[tie_rows])
-        for target, value in zip((ap, inp, first_rank, cmc_pos), exact, strict=True):
-            target[tie_rows] = value
     return ap, inp, first_rank, cmc_pos, num_matches
-
-
-def _sorted_rows_metrics(
-    d: torch.Tensor, labels: _Labels, rule: str, query_rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact metrics of a few valid rows by a stable sort (used where a non-match ties with a match).
-
-    Args:
-        d: (b, G) distances of the queries ``query_rows`` (global query indices).
-    Returns:
-        ap, inp (b,) float64; first_rank, cmc_position (b,) int64.
-    """
-    order = torch.sort(d, dim=1, stable=True).indices
-    q_gid = labels.q_gid[query_rows]
-    gid_sorted = labels.g_gid[order]
-    junk = _junk_mask(labels, rule, query_rows, order)
-    keep = torch.ones_like(order, dtype=torch.bool) if junk is None else ~junk
-    match = (gid_sorted == q_gid.unsqueeze(1)) & keep
-    rank_in_list = keep.cumsum(1)
-    num = match.sum(1)
-    hits = match.cumsum(1)
-    precision = torch.where(match, hits / rank_in_list.to(torch.float64), 0.0)
-    ap = precision.sum(1) / num
-    big = torch.iinfo(torch.int64).max
-    first = torch.where(match, rank_in_list, torch.full_like(rank_in_list, big)).amin(1)
-    last = torch.where(match, rank_in_list, torch.zeros_like(rank_in_list)).amax(1)
-    inp = num / last.to(torch.float64)
-    if rule in DEDUPLICATED_CMC_RULES:
-        before = keep & (rank_in_list < first.unsqueeze(1))
-        b_idx, pos_idx = before.nonzero(as_tuple=True)
-        seen = torch.zeros(len(d) * labels.num_ids, dtype=torch.bool, device=d.device)
-        seen[b_idx * labels.num_ids + gid_sorted[b_idx, pos_idx]] = True
-        position = 1 + seen.view(len(d), labels.num_ids).sum(1)
-    else:
-        position = first
-    return ap, inp, first, position
 
 
 def _aggregate(per_query: PerQueryMetrics, rule: str, max_rank: int, attach: bool) -> RetrievalResult:

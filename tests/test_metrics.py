@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vireid.errors import ProtocolError
-from vireid.evaluation import evaluate, evaluate_similarity, per_query_metrics
+from vireid.evaluation import evaluate, evaluate_embeddings, evaluate_similarity, per_query_metrics
 from vireid.evaluation.reference import reference_evaluate, reference_per_query
 
 # ----------------------------------------------------------------------------------------- golden cases
@@ -113,6 +113,23 @@ def test_similarity_is_descending_distance():
     b = evaluate(-sim, q, g, qc, gc, "sysu")
     np.testing.assert_array_equal(a.cmc, b.cmc)
     assert (a.mAP, a.mINP) == (b.mAP, b.mINP)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, None])
+def test_embeddings_equal_the_cosine_similarity_matrix(chunk):
+    # Unit vectors with entries +-1/2: every cosine is an exact multiple of 1/4, so both paths see identical
+    # scores (and plenty of exact ties).
+    rng = np.random.default_rng(4)
+    q = rng.choice([-0.5, 0.5], (30, 4))
+    g = rng.choice([-0.5, 0.5], (50, 4))
+    q_pids, g_pids = rng.integers(0, 5, 30), rng.integers(0, 5, 50)
+    q_cams, g_cams = rng.integers(1, 7, 30), rng.integers(1, 7, 50)
+    a = evaluate_embeddings(q, torch.from_numpy(g), q_pids, g_pids, q_cams, g_cams, "llcm", chunk_size=chunk)
+    b = evaluate_similarity(q @ g.T, q_pids, g_pids, q_cams, g_cams, "llcm")
+    np.testing.assert_array_equal(a.cmc, b.cmc)
+    assert (a.mAP, a.mINP) == (b.mAP, b.mINP)
+    with pytest.raises(ProtocolError, match="q_feats has dimension 4 but g_feats has 3"):
+        evaluate_embeddings(q, g[:, :3], q_pids, g_pids, q_cams, g_cams, "llcm")
 
 
 def test_text_rule_requires_a_match_for_every_query_and_averages_over_all():
@@ -225,10 +242,16 @@ GOOD = dict(distmat=np.ones((2, 3)), q_pids=[1, 2], g_pids=[1, 2, 3], q_camids=[
             r"distmat contains a non-finite value.*query 0, gallery 1",
         ),
         ({"distmat": np.array([[1.0, 0.0, 0.0], [0.0, np.inf, 0.0]])}, r"non-finite.*query 1, gallery 1"),
-        ({"q_pids": [1, 2, 3]}, r"q_pids has 3 entries but distmat has 2 rows"),
-        ({"g_camids": [1, 2]}, r"g_camids has 2 entries but distmat has 3 columns"),
-        ({"distmat": np.ones((2, 0)), "g_pids": [], "g_camids": []}, r"gallery is empty"),
-        ({"distmat": np.ones((0, 3)), "q_pids": [], "q_camids": []}, r"query set is empty"),
+        ({"q_pids": [1, 2, 3]}, r"q_pids has 3 entries but distmat's rows has 2"),
+        ({"g_camids": [1, 2]}, r"g_camids has 2 entries but distmat's columns has 3"),
+        (
+            {"distmat": np.ones((2, 0)), "g_pids": [], "g_camids": []},
+            r"distmat's columns is empty: the gallery is empty",
+        ),
+        (
+            {"distmat": np.ones((0, 3)), "q_pids": [], "q_camids": []},
+            r"distmat's rows is empty: the query set is empty",
+        ),
         ({"distmat": np.ones(3)}, r"distmat must be a \(num_queries, num_gallery\) matrix"),
         ({"q_pids": [1.0, 2.0]}, r"q_pids must hold integers"),
         ({"q_camids": None}, r"q_camids is required for rule='sysu'"),

@@ -196,6 +196,9 @@ def test_save_writes_json_and_png_and_table_shows_rerank_label(dataset, tmp_path
     with pytest.raises(ProtocolError, match="different re-ranking settings"):
         summary_table([plain, reranked])
     assert summary_table([plain]).title == "results"
+    assert plain.with_metadata(selection_split="last").metadata["selection_split"] == "last"
+    with pytest.raises(ProtocolError, match="rerank label"):
+        plain.with_metadata(rerank="k_reciprocal(20,6,0.3,joint)")
 
 
 def test_rerank_numbers_match_direct_computation(dataset):

@@ -7,6 +7,7 @@ from vireid.evaluation.metrics import (
     RetrievalResult,
     cmc_variant,
     evaluate,
+    evaluate_embeddings,
     evaluate_similarity,
     per_query_metrics,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "RetrievalResult",
     "cmc_variant",
     "evaluate",
+    "evaluate_embeddings",
     "evaluate_similarity",
     "per_query_metrics",
 ]

@@ -46,6 +46,7 @@ __all__ = [
     "RetrievalResult",
     "cmc_variant",
     "evaluate",
+    "evaluate_embeddings",
     "evaluate_similarity",
     "per_query_metrics",
 ]
@@ -187,8 +188,9 @@ def evaluate(
     Raises:
         ProtocolError: bad input (names the argument), no valid query, or a ``text`` query without a match.
     """
-    dist, labels = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, rule, max_rank, chunk_size, "distmat")
-    per_query = _per_query(dist, labels, rule, chunk_size, negate=False)
+    source = _MatrixRows(_as_distance_tensor(distmat, "distmat"), "distmat", negate=False)
+    labels = _prepare(source, q_pids, g_pids, q_camids, g_camids, rule, max_rank, chunk_size)
+    per_query = _per_query(source, labels, rule, chunk_size)
     return _aggregate(per_query, rule, max_rank, return_per_query)
 
 
@@ -209,8 +211,37 @@ def evaluate_similarity(
     Ranking by descending similarity is ranking by ascending ``-sim``; negation is exact in floating point,
     so ties and their stable order are preserved.
     """
-    dist, labels = _prepare(sim, q_pids, g_pids, q_camids, g_camids, rule, max_rank, chunk_size, "sim")
-    per_query = _per_query(dist, labels, rule, chunk_size, negate=True)
+    source = _MatrixRows(_as_distance_tensor(sim, "sim"), "sim", negate=True)
+    labels = _prepare(source, q_pids, g_pids, q_camids, g_camids, rule, max_rank, chunk_size)
+    per_query = _per_query(source, labels, rule, chunk_size)
+    return _aggregate(per_query, rule, max_rank, return_per_query)
+
+
+def evaluate_embeddings(
+    q_feats: Any,
+    g_feats: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    rule: str,
+    max_rank: int = 20,
+    *,
+    chunk_size: int | None = None,
+    return_per_query: bool = False,
+) -> RetrievalResult:
+    """:func:`evaluate_similarity` of the cosine similarity of two embedding sets, without the (Q, G) matrix.
+
+    The features are L2-normalised and each chunk of similarities is computed when it is needed, so memory
+    stays bounded by the chunk even for galleries whose full score matrix would not fit.
+
+    Args:
+        q_feats: (Q, D) query embeddings; ``g_feats``: (G, D) gallery embeddings (numpy or torch; the work runs
+            on ``q_feats``' device). Other arguments as in :func:`evaluate`.
+    """
+    source = _EmbeddingRows(q_feats, g_feats)
+    labels = _prepare(source, q_pids, g_pids, q_camids, g_camids, rule, max_rank, chunk_size)
+    per_query = _per_query(source, labels, rule, chunk_size)
     return _aggregate(per_query, rule, max_rank, return_per_query)
 
 
@@ -230,8 +261,9 @@ def per_query_metrics(
     ``similarity=True`` ranks by descending score. Used for "worst queries" pictures and custom aggregation.
     """
     name = "sim" if similarity else "distmat"
-    dist, labels = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, rule, 1, chunk_size, name)
-    return _per_query(dist, labels, rule, chunk_size, negate=similarity)
+    source = _MatrixRows(_as_distance_tensor(distmat, name), name, negate=similarity)
+    labels = _prepare(source, q_pids, g_pids, q_camids, g_camids, rule, 1, chunk_size)
+    return _per_query(source, labels, rule, chunk_size)
 
 
 # ----------------------------------------------------------------------------------------- input checks
@@ -249,7 +281,6 @@ class _Labels:
     group_start: torch.Tensor  # (P,) first position of each identity in group_order
     group_count: torch.Tensor  # (P,) items per identity
     num_ids: int
-    distmat_name: str
 
 
 def _labels_tensor(values: Any, name: str, device: torch.device) -> torch.Tensor:
@@ -289,7 +320,7 @@ def _as_distance_tensor(matrix: Any, name: str) -> torch.Tensor:
 
 
 def _prepare(
-    matrix: Any,
+    source: _RowSource,
     q_pids: Any,
     g_pids: Any,
     q_camids: Any,
@@ -297,17 +328,15 @@ def _prepare(
     rule: str,
     max_rank: int,
     chunk_size: int | None,
-    name: str,
-) -> tuple[torch.Tensor, _Labels]:
+) -> _Labels:
     if rule not in RULES:
         raise ProtocolError(f"rule={rule!r} is not a known protocol rule.", fix=f"use one of {', '.join(RULES)}.")
     if isinstance(max_rank, bool) or not isinstance(max_rank, int | np.integer) or max_rank < 1:
         raise ProtocolError(f"max_rank must be an integer >= 1, got {max_rank!r}.")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ProtocolError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
-    dist = _as_distance_tensor(matrix, name)
-    device = dist.device
-    num_q, num_g = dist.shape
+    device = source.device
+    num_q, num_g = source.shape
     q_pid = _labels_tensor(q_pids, "q_pids", device)
     g_pid = _labels_tensor(g_pids, "g_pids", device)
     if rule in _CAMERA_RULES:
@@ -317,18 +346,18 @@ def _prepare(
     q_cam = None if q_camids is None else _labels_tensor(q_camids, "q_camids", device)
     g_cam = None if g_camids is None else _labels_tensor(g_camids, "g_camids", device)
     if num_q == 0:
-        raise ProtocolError(f"{name} has no rows: the query set is empty.", fix="check the protocol's query list.")
+        raise ProtocolError(f"{source.rows_name} is empty: the query set is empty.", fix="check the query list.")
     if num_g == 0:
-        raise ProtocolError(f"{name} has no columns: the gallery is empty.", fix="check the protocol's gallery.")
-    for label_name, labels, expected, axis in (
-        ("q_pids", q_pid, num_q, "rows"),
-        ("g_pids", g_pid, num_g, "columns"),
-        ("q_camids", q_cam, num_q, "rows"),
-        ("g_camids", g_cam, num_g, "columns"),
+        raise ProtocolError(f"{source.cols_name} is empty: the gallery is empty.", fix="check the gallery list.")
+    for label_name, labels, expected, what in (
+        ("q_pids", q_pid, num_q, source.rows_name),
+        ("g_pids", g_pid, num_g, source.cols_name),
+        ("q_camids", q_cam, num_q, source.rows_name),
+        ("g_camids", g_cam, num_g, source.cols_name),
     ):
         if labels is not None and len(labels) != expected:
             raise ProtocolError(
-                f"{label_name} has {len(labels)} entries but {name} has {expected} {axis}.",
+                f"{label_name} has {len(labels)} entries but {what} has {expected}.",
                 fix="pass labels in the same order and number as the matrix.",
             )
 
@@ -340,7 +369,7 @@ def _prepare(
     group_order = torch.argsort(g_gid, stable=True)
     group_count = torch.bincount(g_gid, minlength=len(uniq))
     group_start = torch.cumsum(group_count, 0) - group_count
-    labels = _Labels(
+    return _Labels(
         q_gid=q_gid,
         g_gid=g_gid,
         q_cam=q_cam,
@@ -349,9 +378,7 @@ def _prepare(
         group_start=group_start,
         group_count=group_count,
         num_ids=len(uniq),
-        distmat_name=name,
     )
-    return dist, labels
 
 
 def _raise_non_finite(chunk: torch.Tensor, rows: torch.Tensor, name: str) -> None:
@@ -417,13 +444,78 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
-def _per_query(
-    dist: torch.Tensor, labels: _Labels, rule: str, chunk_size: int | None, *, negate: bool
-) -> PerQueryMetrics:
-    num_q, num_g = dist.shape
-    device = dist.device
+class _RowSource:
+    """Where the (Q, G) distances of a chunk of query rows come from (a matrix, or two embedding sets)."""
+
+    name: str
+    rows_name: str  # how errors name the query axis, e.g. "distmat's rows" or "q_feats"
+    cols_name: str
+    shape: tuple[int, int]
+    device: torch.device
+
+    def block(self, rows: torch.Tensor, work: _Workspace) -> torch.Tensor:
+        """(B, G) contiguous float32/float64 distances of the query rows ``rows`` (ascending indices)."""
+        raise NotImplementedError
+
+
+class _MatrixRows(_RowSource):
+    def __init__(self, dist: torch.Tensor, name: str, *, negate: bool):
+        self.dist, self.name, self.negate = dist, name, negate
+        self.rows_name, self.cols_name = f"{name}'s rows", f"{name}'s columns"
+        self.shape = (int(dist.shape[0]), int(dist.shape[1]))
+        self.device = dist.device
+        # Exact widening of float16/bfloat16; ties and order are preserved.
+        self.dtype = torch.float64 if dist.dtype == torch.float64 else torch.float32
+
+    def block(self, rows: torch.Tensor, work: _Workspace) -> torch.Tensor:
+        num_g = self.shape[1]
+        row0, row1 = int(rows[0]), int(rows[-1]) + 1
+        if row1 - row0 == len(rows):
+            chunk = self.dist[row0:row1]
+        elif self.dist.dtype == self.dtype and self.dist.is_contiguous():
+            chunk = torch.index_select(self.dist, 0, rows, out=work.get("rows", (len(rows), num_g), self.dtype))
+        else:
+            chunk = self.dist.index_select(0, rows)
+        if self.negate or chunk.dtype != self.dtype or not chunk.is_contiguous():
+            buf = work.get("dist", tuple(chunk.shape), self.dtype)
+            if self.negate:
+                torch.neg(chunk, out=buf)  # exact; descending similarity == ascending negated similarity
+            else:
+                buf.copy_(chunk)
+            chunk = buf
+        return chunk
+
+
+class _EmbeddingRows(_RowSource):
+    def __init__(self, q_feats: Any, g_feats: Any):
+        self.name, self.rows_name, self.cols_name = "the similarity of q_feats and g_feats", "q_feats", "g_feats"
+        q = _as_feature_tensor(q_feats, "q_feats")
+        g = _as_feature_tensor(g_feats, "g_feats").to(device=q.device, dtype=q.dtype)
+        if q.shape[1] != g.shape[1]:
+            raise ProtocolError(f"q_feats has dimension {q.shape[1]} but g_feats has {g.shape[1]}.")
+        self.q = torch.nn.functional.normalize(q, dim=1)
+        self.g_t = torch.nn.functional.normalize(g, dim=1).T.contiguous()
+        self.shape = (len(q), len(g))
+        self.device = q.device
+
+    def block(self, rows: torch.Tensor, work: _Workspace) -> torch.Tensor:
+        buf = work.get("dist", (len(rows), self.shape[1]), self.q.dtype)
+        return torch.mm(self.q.index_select(0, rows), self.g_t, out=buf).neg_()  # distance = -cosine
+
+
+def _as_feature_tensor(x: Any, name: str) -> torch.Tensor:
+    tensor = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if tensor.ndim != 2 or not tensor.dtype.is_floating_point:
+        raise ProtocolError(
+            f"{name} must be a (num_items, dim) float matrix, got {tuple(tensor.shape)} {tensor.dtype}."
+        )
+    return tensor.to(torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+
+
+def _per_query(source: _RowSource, labels: _Labels, rule: str, chunk_size: int | None) -> PerQueryMetrics:
+    num_q, num_g = source.shape
+    device = source.device
     rows_per_chunk = chunk_size or _default_chunk_rows(num_g)
-    work_dtype = torch.float64 if dist.dtype == torch.float64 else torch.float32  # exact widening of f16/bf16
     ap = torch.full((num_q,), float("nan"), dtype=torch.float64, device=device)
     inp = torch.full_like(ap, float("nan"))
     first_rank = torch.zeros(num_q, dtype=torch.int64, device=device)
@@ -438,22 +530,9 @@ def _per_query(
         for rows, removes_cam2 in _row_chunks(labels, rule, num_q, rows_per_chunk, device):
             if len(rows) == 0:
                 continue
-            row0, row1 = int(rows[0]), int(rows[-1]) + 1
-            if row1 - row0 == len(rows):
-                chunk = dist[row0:row1]
-            elif dist.dtype == work_dtype and dist.is_contiguous():
-                chunk = torch.index_select(dist, 0, rows, out=work.get("rows", (len(rows), num_g), work_dtype))
-            else:
-                chunk = dist.index_select(0, rows)
-            if negate or chunk.dtype != work_dtype or not chunk.is_contiguous():
-                buf = work.get("dist", tuple(chunk.shape), work_dtype)
-                if negate:
-                    torch.neg(chunk, out=buf)  # exact; descending similarity == ascending negated similarity
-                else:
-                    buf.copy_(chunk)
-                chunk = buf
+            chunk = source.block(rows, work)
             if not bool(torch.isfinite(chunk.sum(dim=1)).all()):  # cheap screen; exact check only on failure
-                _raise_non_finite(chunk, rows, labels.distmat_name)
+                _raise_non_finite(chunk, rows, source.name)
             out = _chunk_metrics(chunk, labels, rule, rows, cam2_cols if removes_cam2 else None, work)
             ap[rows], inp[rows], first_rank[rows], cmc_pos[rows], num_matches[rows] = out
     return PerQueryMetrics(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,15 @@ class ProtocolResult:
         meta = {"protocol_id": protocol_id, "rerank": "none", **dict(metadata or {})}
         meta.setdefault("trials", [t.index for t in trials])
         return cls(protocol_id=protocol_id, trials=tuple(trials), mean=mean, std=std, metadata=meta)
+
+    def with_metadata(self, **updates: Any) -> ProtocolResult:
+        """A copy with metadata entries added or replaced, e.g. ``with_metadata(selection_split="val")``.
+
+        ``rerank`` cannot be changed this way: the label must describe how the numbers were computed.
+        """
+        if "rerank" in updates and updates["rerank"] != self.metadata.get("rerank", "none"):
+            raise ProtocolError("the rerank label of a result cannot be changed after the fact.")
+        return replace(self, metadata={**self.metadata, **updates})
 
     # ---------------------------------------------------------------------------------------- queries
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from vireid.data.image_io import load_image
 from vireid.data.records import CaptionRecord, ImageRecord, Modality
 from vireid.errors import ProtocolError
-from vireid.evaluation.metrics import cmc_variant, evaluate, evaluate_similarity
+from vireid.evaluation.metrics import cmc_variant, evaluate, evaluate_embeddings
 from vireid.evaluation.report import ProtocolResult, TrialResult
 from vireid.evaluation.rerank import RerankOptions, k_reciprocal_distance
 from vireid.evaluation.trial import Trial
@@ -410,5 +410,7 @@ def _score_trial(
             qf, gf, rerank.k1, rerank.k2, rerank.lambda_value, rerank.variant, chunk_size=chunk_size
         )
         return evaluate(dist, q_pids, g_pids, q_cams, g_cams, trial.rule, trial.max_rank, chunk_size=chunk_size)
-    sim = qf @ gf.T  # cosine similarity of L2-normalised features
-    return evaluate_similarity(sim, q_pids, g_pids, q_cams, g_cams, trial.rule, trial.max_rank, chunk_size=chunk_size)
+    # Cosine similarity, computed chunk by chunk: the (Q, G) matrix is never materialised.
+    return evaluate_embeddings(
+        qf, gf, q_pids, g_pids, q_cams, g_cams, trial.rule, trial.max_rank, chunk_size=chunk_size
+    )

@@ -560,6 +560,9 @@ def _junk_mask(labels: _Labels, rule: str, rows: torch.Tensor, cols: torch.Tenso
     return None
 
 
+CACHE_BLOCK_ELEMENTS = 1 << 17
+"""Items per block of the per-item pass (keys, table lookup): small enough for the blocks to stay in cache."""
+
 BUCKETS_PER_MATCH = 64
 """Bucket-table width per true match (see ``_chunk_metrics``): wider tables cost more to build, narrower ones
 send more items to the exact per-item comparison."""
@@ -628,13 +631,18 @@ def _chunk_metrics(
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
     origin = lo - 2.0 / scale
     origin = torch.where(torch.isfinite(origin), origin, lo)
-    keyf = torch.sub(d, origin.unsqueeze(1), out=work.get("keyf", (num_b, num_g), d.dtype))
-    keyf.mul_(scale.unsqueeze(1)).clamp_(0, n_buckets + 3)
-    key = work.get("key", (num_b, num_g), torch.int64)
-    key.copy_(keyf)  # truncation toward zero of non-negative values
-    if removed_cols is not None and len(removed_cols):
-        key.index_fill_(1, removed_cols, n_buckets + 4)
-    match_keys = key.gather(1, pos_cols)  # (B, r_max), ascending where valid
+
+    def bucket_keys(values: torch.Tensor, rows: torch.Tensor | slice, out: torch.Tensor) -> torch.Tensor:
+        """Keys of ``values`` (items of the chunk rows ``rows``), written into the int64 ``out``.
+
+        The same three IEEE operations are applied to every item, matches and non-matches alike, so equal
+        distances always get equal keys and the order of keys never contradicts the order of distances.
+        """
+        keyf = torch.sub(values, origin[rows].unsqueeze(-1) if values.ndim == 2 else origin[rows])
+        keyf.mul_(scale[rows].unsqueeze(-1) if values.ndim == 2 else scale[rows]).clamp_(0, n_buckets + 3)
+        return out.copy_(keyf)  # truncation toward zero of non-negative values
+
+    match_keys = bucket_keys(pos_sorted, slice(None), torch.empty_like(pos_cols))  # (B, r_max), ascending
 
     # --- per-row table: bin at each bucket's lower edge, offset per row, minus FLAG if a match is inside --
     bins = r_max + 1
@@ -651,26 +659,38 @@ def _chunk_metrics(
     steps.scatter_add_(1, safe_keys, -flag_step)
     steps.scatter_add_(1, safe_keys + 1, flag_step)
     table = steps.cumsum_(1)
-    base = torch.gather(table, 1, key, out=work.get("base", (num_b, num_g), index_dtype))
-    # base: (B, G) bin at the bucket's lower edge, plus the row offset, minus FLAG if a match is inside
 
-    # Own-identity items (the matches themselves, and removed ones) are not non-matches: park them in bin
-    # r_max, which no rank ever counts (padding slots repeat the run's first column).
+    # --- every item: key -> bin at its bucket's lower edge (+ row offset, - FLAG if a match is inside) ----
+    # Done in row blocks that stay in cache: the float and int64 keys live only per block, and the chunk
+    # keeps just the int32 bins and a bool mask of items to look at again. Own-identity items (the matches
+    # themselves, and removed ones) are not non-matches: they are parked in bin r_max, which no rank ever
+    # counts (padding slots repeat the run's first column). Removed items get the key n_buckets+4, which
+    # holds no match, so their bin is R, which never counts either.
+    dedup = rule in DEDUPLICATED_CMC_RULES
+    base = work.get("base", (num_b, num_g), index_dtype)
+    examine = work.get("examine", (num_b, num_g), torch.bool)
     own_cols = torch.where(in_group, match_cols, match_cols[:, :1])
-    base.scatter_(1, own_cols, (row_off + r_max).to(index_dtype).unsqueeze(1).expand_as(own_cols))
+    parked = (row_off + r_max).to(index_dtype).unsqueeze(1).expand_as(own_cols)
+    limit = row_off.to(index_dtype).unsqueeze(1)
+    block_rows = max(1, CACHE_BLOCK_ELEMENTS // num_g)
+    for r0 in range(0, num_b, block_rows):
+        rs = slice(r0, min(r0 + block_rows, num_b))
+        n = rs.stop - r0
+        key = bucket_keys(d[rs], rs, work.get("key", (n, num_g), torch.int64))
+        if removed_cols is not None and len(removed_cols):
+            key.index_fill_(1, removed_cols, n_buckets + 4)
+        torch.gather(table[rs], 1, key, out=base[rs])
+        base[rs].scatter_(1, own_cols[rs], parked[rs])
+        if dedup:  # also look at every item in bin 0, ahead of the first match
+            torch.le(base[rs], limit[rs], out=examine[rs])
+        else:
+            torch.lt(base[rs], 0, out=examine[rs])
 
     # --- look again, one by one, at items that share a bucket with a match or precede the first match ---
     # An item's bin is the number of matches ahead of it in the stable order: a match is ahead if it is
     # closer, or equally close with a smaller gallery index. Ties are therefore exact here too.
     # (1-D index_select everywhere: several times faster than advanced indexing on CPU.)
-    dedup = rule in DEDUPLICATED_CMC_RULES
-    base_flat, key_flat, d_flat = base.view(-1), key.view(-1), d.view(-1)
-    # The float keys are no longer needed: their buffer holds the (B, G) bool mask.
-    examine = keyf.view(-1).view(torch.uint8)[: num_b * num_g].view(torch.bool).view(num_b, num_g)
-    if dedup:
-        torch.le(base, row_off.to(index_dtype).unsqueeze(1), out=examine)
-    else:
-        torch.lt(base, 0, out=examine)
+    base_flat, d_flat = base.view(-1), d.view(-1)
     lin = _flat_nonzero(examine).to(device)  # sorted flat indices (row-major)
     item_base = base_flat.index_select(0, lin)
     flagged = _flat_nonzero(item_base < 0).to(device)
@@ -690,7 +710,8 @@ def _chunk_metrics(
     at = f_row * r_max + f_first
     f_bin = f_first + ahead(at, f_val, f_col)
     more = torch.arange(len(f_lin), device=device)
-    m_key, m_val, m_col, m_at = key_flat.index_select(0, f_lin), f_val, f_col, at
+    m_key = bucket_keys(f_val, f_row, torch.empty_like(f_lin))
+    m_val, m_col, m_at = f_val, f_col, at
     m_left = num_matches.index_select(0, f_row) - f_first
     for _ in range(1, r_max):
         m_left, m_at = m_left - 1, m_at + 1

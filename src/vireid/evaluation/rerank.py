@@ -189,98 +189,15 @@ def k_reciprocal_distance(
     top = max(k1 + 1, k2)
 
     with torch.no_grad():
-        # Steps 1-3: neighbour lists from chunked top-k (query_only: gallery columns at the global max, 1.0).
-        neighbours = torch.empty(n, min(top, n), dtype=torch.int64, device=device)
-        row_max = torch.empty(n, dtype=torch.float32, device=device)
-        for start in range(0, n, rows_per_chunk):
-            idx = torch.arange(start, min(start + rows_per_chunk, n), device=device)
-            block = squared_distance_block(feats[idx], feats, sq_norms, idx)
-            row_max[idx] = safe_row_max(block)
-            block.div_(row_max[idx].unsqueeze(1))
-            if variant == "query_only":
-                block[:, num_q:] = 1.0
-            neighbours[idx] = _stable_topk(block, min(top, n))
-        k_main, k_half = min(k1 + 1, n), min(half + 1, n)
-
-        # Steps 4-6: expanded k-reciprocal sets and their weights, as padded sparse rows.
-        recip_half = torch.cat(
-            [
-                _reciprocal_mask(neighbours, torch.arange(s, min(s + rows_per_chunk, n), device=device), k_half)
-                for s in range(0, n, rows_per_chunk)
-            ]
-        )
-        half_members = torch.where(recip_half, neighbours[:, :k_half], n)
-        half_size = recip_half.sum(1)
-        # (b, k_main, k_half, k_main) comparisons in step 5: keep that block near 4M elements.
-        step5_rows = max(1, min(rows_per_chunk, (1 << 22) // (k_main * k_main * k_half)))
-        v_cols, v_vals = [], []
-        for start in range(0, n, step5_rows):
-            idx = torch.arange(start, min(start + step5_rows, n), device=device)
-            cols, _ = _expanded_weights(idx, neighbours, recip_half, half_members, half_size, k_main, n)
-            dist = _pair_distances(idx, cols, feats, sq_norms, row_max)
-            weights = torch.where(cols < n, torch.exp(-dist), 0.0)
-            total = weights.sum(1, keepdim=True)
-            v_cols.append(cols)
-            v_vals.append(weights / torch.where(total > 0, total, torch.ones_like(total)))
-        width = max(c.shape[1] for c in v_cols)
-        v_col = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=n) for c in v_cols])
-        v_val = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1]), value=0.0) for v in v_vals])
-
-        # Step 7: query expansion, as sparse (row, col, value) triples.
-        def expanded(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            if k2 == 1:  # the references skip expansion for k2 == 1
-                cols, vals = v_col[rows], v_val[rows]
-                local = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(cols)
-                keep = cols < n
-                return local[keep], cols[keep], vals[keep]
-            nb = neighbours[rows, :k2]  # (b, k2)
-            cols = v_col[nb].reshape(len(rows), -1)
-            vals = v_val[nb].reshape(len(rows), -1)
-            local = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(cols)
-            keep = cols < n
-            key = local[keep] * n + cols[keep]
-            uniq, inverse = torch.unique(key, return_inverse=True)
-            summed = torch.zeros(len(uniq), dtype=torch.float32, device=device).index_add_(0, inverse, vals[keep])
-            return torch.div(uniq, n, rounding_mode="floor"), uniq % n, summed / k2
-
-        # Inverted index over the gallery rows of the expanded V: for each column k, the (gallery j, V_jk).
-        g_rows, g_cols, g_vals = [], [], []
-        for start in range(num_q, n, rows_per_chunk):
-            idx = torch.arange(start, min(start + rows_per_chunk, n), device=device)
-            local, cols, vals = expanded(idx)
-            g_rows.append(local + (start - num_q))
-            g_cols.append(cols)
-            g_vals.append(vals)
-        inv_cols, order = torch.sort(torch.cat(g_cols), stable=True)
-        inv_rows, inv_vals = torch.cat(g_rows)[order], torch.cat(g_vals)[order]
-        inv_ptr = torch.searchsorted(inv_cols, torch.arange(n + 1, device=device))
-
-        # Steps 8-9 for query rows, chunked so that the number of (entry, gallery item) pairs stays bounded.
+        neighbours, row_max = _neighbour_lists(feats, sq_norms, num_q, top, variant, rows_per_chunk)
+        v_col, v_val = _sparse_weights(feats, sq_norms, row_max, neighbours, k1, half, rows_per_chunk)
+        expansion = _QueryExpansion(neighbours, v_col, v_val, k2)
+        inverted = _InvertedIndex(expansion, range(num_q, n), rows_per_chunk)
         out = torch.empty(num_q, num_g, dtype=torch.float32, device=device)
-        pair_budget = max(1 << 22, 4 * num_g)
         for start in range(0, num_q, rows_per_chunk):
             idx = torch.arange(start, min(start + rows_per_chunk, num_q), device=device)
-            local, cols, vals = expanded(idx)
-            starts, counts = inv_ptr[cols], inv_ptr[cols + 1] - inv_ptr[cols]
-            overlap = torch.zeros(len(idx) * num_g, dtype=torch.float32, device=device)
-            cum = torch.cumsum(counts, 0)
-            lo_entry = 0
-            while lo_entry < len(cols):
-                base = int(cum[lo_entry - 1]) if lo_entry else 0
-                hi_entry = int(torch.searchsorted(cum, base + pair_budget, right=True))
-                hi_entry = max(hi_entry, lo_entry + 1)
-                sl = slice(lo_entry, hi_entry)
-                reps = counts[sl]
-                entry = torch.repeat_interleave(torch.arange(lo_entry, hi_entry, device=device), reps)
-                offset = torch.arange(len(entry), device=device) - torch.repeat_interleave(
-                    torch.cumsum(reps, 0) - reps, reps
-                )
-                pos = starts[entry] + offset
-                contribution = torch.minimum(vals[entry], inv_vals[pos])
-                overlap.index_add_(0, local[entry] * num_g + inv_rows[pos], contribution)
-                lo_entry = hi_entry
-            overlap = overlap.view(len(idx), num_g)
-            jaccard = 1.0 - overlap / (2.0 - overlap)
+            jaccard = inverted.jaccard(*expansion.rows(idx), num_rows=len(idx))
+            # Step 9: blend with D^ of the query-gallery pairs.
             original = torch.addmm(
                 sq_norms[idx].unsqueeze(1) + sq_norms[num_q:].unsqueeze(0), feats[idx], feats[num_q:].T, alpha=-2.0
             )
@@ -289,15 +206,140 @@ def k_reciprocal_distance(
     return out
 
 
-def _expanded_weights(
+def _neighbour_lists(
+    feats: torch.Tensor, sq_norms: torch.Tensor, num_q: int, top: int, variant: str, rows_per_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-3: (N, min(top, N)) neighbour lists in stable order, and the (N,) row maxima of D.
+
+    ``query_only`` ranks with every gallery column at the global maximum of D^ (1 after step 2), so that
+    neighbours come from the queries only; ties with those columns go to the (lower-index) queries.
+    """
+    n, device = len(feats), feats.device
+    width = min(top, n)
+    neighbours = torch.empty(n, width, dtype=torch.int64, device=device)
+    row_max = torch.empty(n, dtype=torch.float32, device=device)
+    for start in range(0, n, rows_per_chunk):
+        idx = torch.arange(start, min(start + rows_per_chunk, n), device=device)
+        block = squared_distance_block(feats[idx], feats, sq_norms, idx)
+        row_max[idx] = safe_row_max(block)
+        block.div_(row_max[idx].unsqueeze(1))
+        if variant == "query_only":
+            block[:, num_q:] = 1.0
+        neighbours[idx] = _stable_topk(block, width)
+    return neighbours, row_max
+
+
+def _sparse_weights(
+    feats: torch.Tensor,
+    sq_norms: torch.Tensor,
+    row_max: torch.Tensor,
+    neighbours: torch.Tensor,
+    k1: int,
+    half: int,
+    rows_per_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 4-6: V as padded sparse rows, (N, E) member columns (padding = N) and (N, E) weights."""
+    n, device = len(feats), feats.device
+    k_main, k_half = min(k1 + 1, n), min(half + 1, n)
+    recip_half = torch.cat(
+        [
+            _reciprocal_mask(neighbours, torch.arange(s, min(s + rows_per_chunk, n), device=device), k_half)
+            for s in range(0, n, rows_per_chunk)
+        ]
+    )
+    half_members = torch.where(recip_half, neighbours[:, :k_half], n)
+    half_size = recip_half.sum(1)
+    # Step 5 compares (b, k_main, k_half, k_main) indices: keep that block near 4M elements.
+    step5_rows = max(1, min(rows_per_chunk, (1 << 22) // (k_main * k_main * k_half)))
+    v_cols, v_vals = [], []
+    for start in range(0, n, step5_rows):
+        idx = torch.arange(start, min(start + step5_rows, n), device=device)
+        cols = _expanded_sets(idx, neighbours, half_members, half_size, k_main, n)
+        weights = torch.where(cols < n, torch.exp(-_pair_distances(idx, cols, feats, sq_norms, row_max)), 0.0)
+        total = weights.sum(1, keepdim=True)
+        v_cols.append(cols)
+        v_vals.append(weights / torch.where(total > 0, total, torch.ones_like(total)))
+    width = max(c.shape[1] for c in v_cols)
+    v_col = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=n) for c in v_cols])
+    v_val = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1]), value=0.0) for v in v_vals])
+    return v_col, v_val
+
+
+class _QueryExpansion:
+    """Step 7: rows of the expanded V, produced on demand as sparse (local row, column, value) triples."""
+
+    def __init__(self, neighbours: torch.Tensor, v_col: torch.Tensor, v_val: torch.Tensor, k2: int):
+        self.neighbours, self.v_col, self.v_val, self.k2 = neighbours, v_col, v_val, k2
+        self.n = len(neighbours)
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, device = self.n, rows.device
+        if self.k2 == 1:  # the references skip expansion for k2 == 1
+            cols, vals = self.v_col[rows], self.v_val[rows]
+        else:  # mean of V over the top-k2 neighbours: concatenate their rows, then sum equal columns
+            nb = self.neighbours[rows, : self.k2]  # (b, k2)
+            cols = self.v_col[nb].reshape(len(rows), -1)
+            vals = self.v_val[nb].reshape(len(rows), -1)
+        local = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(cols)
+        keep = cols < n
+        if self.k2 == 1:
+            return local[keep], cols[keep], vals[keep]
+        uniq, inverse = torch.unique(local[keep] * n + cols[keep], return_inverse=True)
+        summed = torch.zeros(len(uniq), dtype=vals.dtype, device=device).index_add_(0, inverse, vals[keep])
+        return torch.div(uniq, n, rounding_mode="floor"), uniq % n, summed / self.k2
+
+
+class _InvertedIndex:
+    """Step 8: for every column k of the expanded V, the gallery rows j with V_jk > 0 (CSR by column)."""
+
+    PAIR_BUDGET = 1 << 22
+
+    def __init__(self, expansion: _QueryExpansion, gallery_rows: range, rows_per_chunk: int):
+        device = expansion.neighbours.device
+        first = gallery_rows.start
+        rows, cols, vals = [], [], []
+        for start in range(first, gallery_rows.stop, rows_per_chunk):
+            idx = torch.arange(start, min(start + rows_per_chunk, gallery_rows.stop), device=device)
+            local, c, v = expansion.rows(idx)
+            rows.append(local + (start - first))
+            cols.append(c)
+            vals.append(v)
+        self.cols, order = torch.sort(torch.cat(cols), stable=True)
+        self.rows, self.vals = torch.cat(rows)[order], torch.cat(vals)[order]
+        self.ptr = torch.searchsorted(self.cols, torch.arange(expansion.n + 1, device=device))
+        self.num_g = len(gallery_rows)
+
+    def jaccard(self, local: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, num_rows: int) -> torch.Tensor:
+        """(num_rows, G) d_J for query rows given as sparse triples; pairs are processed in bounded batches."""
+        device, num_g = cols.device, self.num_g
+        starts, counts = self.ptr[cols], self.ptr[cols + 1] - self.ptr[cols]
+        overlap = torch.zeros(num_rows * num_g, dtype=torch.float32, device=device)
+        cum = torch.cumsum(counts, 0)
+        budget = max(self.PAIR_BUDGET, 4 * num_g)
+        lo = 0
+        while lo < len(cols):
+            done = int(cum[lo - 1]) if lo else 0
+            hi = max(int(torch.searchsorted(cum, done + budget, right=True)), lo + 1)
+            reps = counts[lo:hi]
+            entry = torch.repeat_interleave(torch.arange(lo, hi, device=device), reps)
+            offset = torch.arange(len(entry), device=device) - torch.repeat_interleave(
+                torch.cumsum(reps, 0) - reps, reps
+            )
+            pos = starts[entry] + offset
+            overlap.index_add_(0, local[entry] * num_g + self.rows[pos], torch.minimum(vals[entry], self.vals[pos]))
+            lo = hi
+        overlap = overlap.view(num_rows, num_g)
+        return 1.0 - overlap / (2.0 - overlap)
+
+
+def _expanded_sets(
     idx: torch.Tensor,
     neighbours: torch.Tensor,
-    recip_half: torch.Tensor,
     half_members: torch.Tensor,
     half_size: torch.Tensor,
     k_main: int,
     n: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Steps 4-5 for the rows ``idx``: (b, E) sorted member columns of the expanded sets (padding = n)."""
     recip = _reciprocal_mask(neighbours, idx, k_main)  # (b, k_main): R(i)
     members = torch.where(recip, neighbours[idx, :k_main], n)
@@ -313,7 +355,7 @@ def _expanded_weights(
     duplicate[:, 1:] = expansion[:, 1:] == expansion[:, :-1]
     expansion, _ = torch.sort(torch.where(duplicate, n, expansion), dim=1)
     width = max(1, int((expansion < n).sum(1).max()))
-    return expansion[:, :width], recip
+    return expansion[:, :width]
 
 
 def _pair_distances(

@@ -560,7 +560,7 @@ def _junk_mask(labels: _Labels, rule: str, rows: torch.Tensor, cols: torch.Tenso
     return None
 
 
-CACHE_BLOCK_ELEMENTS = 1 << 17
+CACHE_BLOCK_ELEMENTS = 1 << 18
 """Items per block of the per-item pass (keys, table lookup): small enough for the blocks to stay in cache."""
 
 BUCKETS_PER_MATCH = 64

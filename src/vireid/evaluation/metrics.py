@@ -31,6 +31,10 @@ the matrix size), against 12 bytes per *matrix* element for a sort with indices.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -512,6 +516,16 @@ def _as_feature_tensor(x: Any, name: str) -> torch.Tensor:
     return tensor.to(torch.float64 if tensor.dtype == torch.float64 else torch.float32)
 
 
+@contextlib.contextmanager
+def _intra_op_threads(num: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _per_query(source: _RowSource, labels: _Labels, rule: str, chunk_size: int | None) -> PerQueryMetrics:
     num_q, num_g = source.shape
     device = source.device
@@ -525,16 +539,33 @@ def _per_query(source: _RowSource, labels: _Labels, rule: str, chunk_size: int |
     if rule == "sysu":
         assert labels.g_cam is not None
         cam2_cols = (labels.g_cam == _SYSU_JUNK_GALLERY_CAM).nonzero().squeeze(1)
-    work = _Workspace(device)
-    with torch.no_grad():
-        for rows, removes_cam2 in _row_chunks(labels, rule, num_q, rows_per_chunk, device):
-            if len(rows) == 0:
-                continue
-            chunk = source.block(rows, work)
+    chunks = [
+        (rows, removes) for rows, removes in _row_chunks(labels, rule, num_q, rows_per_chunk, device) if len(rows)
+    ]
+    local = threading.local()
+
+    def run(item: tuple[torch.Tensor, bool]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        rows, removes_cam2 = item
+        if not hasattr(local, "work"):
+            local.work = _Workspace(device)
+        with torch.no_grad():
+            chunk = source.block(rows, local.work)
             if not bool(torch.isfinite(chunk.sum(dim=1)).all()):  # cheap screen; exact check only on failure
                 _raise_non_finite(chunk, rows, source.name)
-            out = _chunk_metrics(chunk, labels, rule, rows, cam2_cols if removes_cam2 else None, work)
-            ap[rows], inp[rows], first_rank[rows], cmc_pos[rows], num_matches[rows] = out
+            return rows, _chunk_metrics(chunk, labels, rule, rows, cam2_cols if removes_cam2 else None, local.work)
+
+    # On the CPU, chunks run in parallel on a thread pool with single-threaded PyTorch ops. The per-chunk
+    # work is a long sequence of short memory-bound operations: intra-op threading would synchronise at
+    # every one of them, and when the machine's cores are busy (data-loader workers, other jobs) each of
+    # those barriers can stall for a scheduler time slice (measured 4-6x slower on a loaded 2-core machine).
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and threads > 1 and len(chunks) > 1:
+        with _intra_op_threads(1), ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
+            results = list(pool.map(run, chunks))
+    else:
+        results = [run(item) for item in chunks]
+    for rows, out in results:
+        ap[rows], inp[rows], first_rank[rows], cmc_pos[rows], num_matches[rows] = out
     return PerQueryMetrics(
         ap=ap.cpu().numpy(),
         inp=inp.cpu().numpy(),

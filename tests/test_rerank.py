@@ -6,7 +6,7 @@ import torch
 
 from vireid.errors import ProtocolError
 from vireid.evaluation.reference import k_reciprocal_distance_dense
-from vireid.evaluation.rerank import RerankOptions, k_reciprocal_distance
+from vireid.evaluation.rerank import RerankOptions, _neighbour_lists, k_reciprocal_distance
 
 
 def _features(seed: int, num_q: int, num_g: int, dim: int, integer: bool):
@@ -51,11 +51,18 @@ def test_lambda_one_is_the_normalised_original_distance():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_variants_differ_and_query_only_ignores_gallery_neighbours():
+def test_query_only_takes_neighbours_from_queries_only():
+    # With at least k1 + 1 queries, no gallery item may appear in any neighbour list (gallery rows included).
     q, g = _features(8, 12, 20, dim=6, integer=False)
-    joint = k_reciprocal_distance(q, g, variant="joint")
-    query_only = k_reciprocal_distance(q, g, variant="query_only")
-    assert not torch.allclose(joint, query_only)
+    feats = torch.cat([torch.from_numpy(q), torch.from_numpy(g)])
+    sq = (feats * feats).sum(1)
+    only_q, _ = _neighbour_lists(feats, sq, num_q=12, top=6, variant="query_only", rows_per_chunk=5)
+    joint, _ = _neighbour_lists(feats, sq, num_q=12, top=6, variant="joint", rows_per_chunk=5)
+    assert int(only_q.max()) < 12
+    assert int(joint.max()) >= 12  # gallery items are their own nearest neighbours
+    assert not torch.allclose(
+        k_reciprocal_distance(q, g, k1=5, variant="joint"), k_reciprocal_distance(q, g, k1=5, variant="query_only")
+    )
 
 
 def test_options_label_and_validation():

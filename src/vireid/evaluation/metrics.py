@@ -24,8 +24,10 @@ approximation; an item with exactly the same distance as a match (a tie, common 
 galleries) is placed by gallery index, exactly as a stable sort would place it.
 
 Work is chunked over queries (``chunk_size`` rows at a time) and runs wherever the distance tensor lives
-(CPU or GPU); peak extra memory is about 30 bytes per chunk element (~60 MB at the default chunk, whatever
-the matrix size), against 12 bytes per *matrix* element for a sort with indices.
+(CPU or GPU). Peak extra memory is about 25 bytes per chunk element per chunk in flight (~50 MB at the default
+chunk, whatever the matrix size), against 12 bytes per *matrix* element for a sort with indices. On the CPU,
+``torch.get_num_threads()`` chunks are processed at a time on a thread pool, with PyTorch's intra-op threads
+set to 1 for the duration of the call (see ``_per_query``).
 ``vireid.evaluation.reference`` holds the plain per-query loop that these functions are tested against.
 """
 
@@ -65,7 +67,7 @@ _CAMERA_RULES = frozenset({"sysu", "llcm", "market"})
 _SYSU_QUERY_CAM, _SYSU_JUNK_GALLERY_CAM = 3, 2  # cam3 (IR, room 2) and cam2 (visible, room 2) share a location
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
-"""Default work per chunk (query rows x gallery size); about 60 MB of temporaries."""
+"""Default work per chunk (query rows x gallery size); about 50 MB of temporaries per chunk in flight."""
 
 
 def cmc_variant(rule: str) -> str:

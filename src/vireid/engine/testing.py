@@ -83,8 +83,10 @@ def test_checkpoint(
             flip=use_flip,
             rerank=rerank_opts,
             progress=True,
+            thermal_gray3=cfg.data.thermal_gray3,
+            selection_split=selection,
         )
-        result.meta.update({"checkpoint": str(lm.path), "selection": selection, "method": meta.get("method")})
+        result = result.with_metadata(checkpoint=str(lm.path), method=meta.get("method"))
         console.print(result.table())
         result.save(out_dir)
         if visualize:

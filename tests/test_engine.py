@@ -204,3 +204,17 @@ def test_two_process_ddp_matches_one_process(sysu_root, tmp_path):
     train(cfg, run_dir=tmp_path / "single")
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(sysu_root), str(tmp_path)), nprocs=2, join=True)
     assert_same_weights(final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp"), atol=2e-5)
+
+
+def test_validation_selection_picks_best_checkpoint(sysu_root, tmp_path):
+    """eval.selection=val evaluates the held-out val identities and keeps the best checkpoint, labelled val."""
+    cfg = tiny_cfg(sysu_root, tmp_path, "train.epochs=2", "eval.selection=val", "eval.every=1")
+    result = train(cfg, run_dir=tmp_path / "run")
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(h["split"] == "val" and 0.0 <= h["rank1"] <= 100.0 for h in result.history)
+    best = load_checkpoint(tmp_path / "run")
+    assert best.meta["selection"] == "val"
+    assert best.meta["num_classes"] == 6  # train ids only: the 2 val ids are held out
+    assert best.meta["metrics"]["mAP"] == max(h["mAP"] for h in result.history)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines].count("val") == 2

@@ -29,7 +29,7 @@ DEMO_PROTOCOLS = {
     "dikdnet": "text.t2rgbt",
 }
 DEMO_LAYOUTS = {"baseline": "sysu", "idkl": "sysu", "dakd": "sysu", "dikdnet": "rgbt-pedes"}
-DEMO_IDS = {"sysu": 160, "rgbt-pedes": 120}
+DEMO_IDS = {"sysu": 120, "rgbt-pedes": 120}
 
 
 def chance_level(trials, *, draws: int = 20, seed: int = 0) -> dict[str, float]:
@@ -117,14 +117,14 @@ def run_demo(
     table = Table(title=f"vireid demo: {method} on synthetic {layout} ({result.protocol_id}, {len(trials)} trials)")
     for col in ("", "R1", "mAP", "mINP"):
         table.add_column(col, justify="right")
-    table.add_row("model", *(f"{mean[k]:.2f} ± {std[k]:.2f}" for k in ("rank1", "mAP", "mINP")))
+    table.add_row("model", *(f"{mean[k]:.2f} ± {std[k]:.2f}" for k in ("R1", "mAP", "mINP")))
     table.add_row("chance", *(f"{chance[k]:.2f}" for k in ("rank1", "mAP", "mINP")))
     console.print(table)
     payload = {
         "method": method,
         "protocol": result.protocol_id,
-        "rank1": mean["rank1"],
-        "rank1_std": std["rank1"],
+        "rank1": mean["R1"],
+        "rank1_std": std["R1"],
         "mAP": mean["mAP"],
         "mAP_std": std["mAP"],
         "mINP": mean["mINP"],

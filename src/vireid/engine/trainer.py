@@ -232,7 +232,12 @@ class Trainer:
             )
         else:
             self.train_model = model
-        self.train_loader = self.method.build_train_loader(cfg, self.split, dist)
+        loader_cfg = cfg
+        if cfg.data.cache and not cfg.data.cache_dir:  # default cache folder: inside the run
+            loader_cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, cache_dir=str(self.run_dir / "cache"))
+            )
+        self.train_loader = self.method.build_train_loader(loader_cfg, self.split, dist)
         if hasattr(self.method, "on_train_start"):
             self.method.on_train_start(self)
 
@@ -524,7 +529,7 @@ class Trainer:
         return {
             "split": split,
             "protocol": result.protocol_id,
-            "rank1": float(mean["rank1"]),
+            "rank1": float(mean["R1"]),
             "mAP": float(mean["mAP"]),
             "mINP": float(mean["mINP"]),
         }

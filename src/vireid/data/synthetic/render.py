@@ -323,8 +323,8 @@ def _torso_points(idn: Identity, body: _Body) -> list[tuple[float, float]]:
     ]
 
 
-def _draw_frontal(pen: _Pen, idn: Identity, body: _Body, c: ImageConditions) -> dict[str, float]:
-    """Front or back view. Returns a few positions used for the patterns and the logo."""
+def _draw_frontal(pen: _Pen, idn: Identity, body: _Body, c: ImageConditions) -> None:
+    """Front or back view: from behind the bag swaps sides and the backpack shows; from the front, face and logo."""
     back = c.view == "back"
     lift = 0.02 * abs(c.stride)
     lifted = 1 if c.stride > 0 else -1
@@ -400,7 +400,6 @@ def _draw_frontal(pen: _Pen, idn: Identity, body: _Body, c: ImageConditions) -> 
             )
     if idn.upper_pattern == "logo" and not back:
         _draw_logo(pen, idn, 0.0, body.y_shoulder + 0.1, 0.062 * idn.build)
-    return {"x_axis": 0.0}
 
 
 def _draw_logo(pen: _Pen, idn: Identity, x: float, y: float, r: float) -> None:

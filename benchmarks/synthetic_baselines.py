@@ -103,6 +103,22 @@ def rgb_histogram(img: np.ndarray, bins: int = 16) -> np.ndarray:
     return v / v.sum()
 
 
+def gray_histogram(img: np.ndarray, bins: int = 32) -> np.ndarray:
+    gray = np.asarray(Image.fromarray(img).convert("L"))
+    v = np.histogram(gray, bins=bins, range=(0, 256))[0].astype(np.float64)
+    return v / v.sum()
+
+
+def centre(fn):
+    """The same histogram on the central strip (middle half of the width, where the person stands)."""
+
+    def wrapped(img: np.ndarray) -> np.ndarray:
+        w = img.shape[1]
+        return fn(np.ascontiguousarray(img[:, w // 4 : w - w // 4]))
+
+    return wrapped
+
+
 def hsv_histogram(img: np.ndarray) -> np.ndarray:
     hsv = np.asarray(Image.fromarray(img).convert("HSV"))
     hist, _ = np.histogramdd(hsv.reshape(-1, 3), bins=(8, 4, 4), range=((0, 256), (0, 256), (0, 256)))
@@ -133,20 +149,23 @@ def chance(q: list[Item], galleries: list[list[Item]], junk, repeats: int = 5) -
 # ------------------------------------------------------------------------------------------ CNN check
 
 
-def train_cnn(root: Path, steps: int, size: tuple[int, int], seed: int = 0, gray: float = 0.0):
-    """Train a random-init torchvision ResNet-18 with plain cross-entropy on train+val ids, both modalities.
+def train_cnn(root: Path, steps: int, size: tuple[int, int], seed: int = 0, recipe: str = "ce"):
+    """Train a random-init torchvision ResNet-18 on the train+val ids of both modalities.
 
-    Returns a function mapping image paths to L2-normalised 512-d pooled features.
+    ``recipe``: ``ce`` = plain cross-entropy on random batches of 64 (the plain learnability check);
+    ``ce+tri+ca`` = a sketch of the usual cross-modal recipe: batches of 8 ids x (4 visible + 4 infrared),
+    cross-entropy + batch-hard triplet (margin 0.3), and channel augmentation (a visible image becomes one
+    of its channels replicated, with probability 0.5). Returns a function mapping image paths to
+    L2-normalised 512-d pooled features.
     """
     import torch
     import torchvision
 
     torch.manual_seed(seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ids = []
     for name in ("train_id.txt", "val_id.txt"):
         ids += [int(v) for v in (root / "exp" / name).read_text().splitlines()[0].split(",")]
-    paths, labels = [], []
+    paths, labels, infrared = [], [], []
     label_of = {pid: i for i, pid in enumerate(sorted(ids))}
     for cam in (*VISIBLE_CAMS, *INFRARED_CAMS):
         for pid in sorted(ids):
@@ -155,6 +174,7 @@ def train_cnn(root: Path, steps: int, size: tuple[int, int], seed: int = 0, gray
                 for p in sorted(folder.iterdir()):
                     paths.append(p)
                     labels.append(label_of[pid])
+                    infrared.append(cam in INFRARED_CAMS)
 
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -163,43 +183,70 @@ def train_cnn(root: Path, steps: int, size: tuple[int, int], seed: int = 0, gray
         arr = np.stack(
             [np.asarray(Image.open(p).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)) for p in ps]
         )
-        return ((torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0) - mean) / std
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
 
     x = load(paths)
     y = torch.tensor(labels)
-    model = torchvision.models.resnet18(num_classes=len(ids))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    is_ir = torch.tensor(infrared)
+    by_mod = {
+        (lab, mod): torch.nonzero((y == lab) & (is_ir == mod)).flatten()
+        for lab in range(len(ids))
+        for mod in (False, True)
+    }
+    both = [lab for lab in range(len(ids)) if len(by_mod[(lab, False)]) and len(by_mod[(lab, True)])]
+    backbone = torchvision.models.resnet18()
+    backbone.fc = torch.nn.Identity()
+    classifier = torch.nn.Linear(512, len(ids))
+    params = list(backbone.parameters()) + list(classifier.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, weight_decay=5e-4)
     start = time.perf_counter()
     seen = 0
     g = torch.Generator().manual_seed(seed)
-    model.train()
+    backbone.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
+        if recipe == "ce":
+            idx = torch.randint(0, len(x), (64,), generator=g)
+        else:
+            chosen = torch.randperm(len(both), generator=g)[:8]
+            parts = []
+            for c in chosen.tolist():
+                for mod in (False, True):
+                    pool = by_mod[(both[c], mod)]
+                    parts.append(pool[torch.randint(0, len(pool), (4,), generator=g)])
+            idx = torch.cat(parts)
         xb = x[idx]
+        if recipe != "ce":  # channel augmentation on visible images
+            pick = torch.randint(0, 3, (len(idx),), generator=g)
+            single = xb[torch.arange(len(idx)), pick].unsqueeze(1).expand_as(xb)
+            use = (torch.rand(len(idx), generator=g) < 0.5) & ~is_ir[idx]
+            xb = torch.where(use.view(-1, 1, 1, 1), single, xb)
         flip = torch.rand(len(idx), generator=g) < 0.5
         xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
-        if gray > 0:  # optional random greyscale (a common cross-modal augmentation), off for the plain check
-            to_gray = torch.rand(len(idx), generator=g) < gray
-            g3 = (xb * std + mean).mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-            xb = torch.where(to_gray.view(-1, 1, 1, 1), (g3.expand_as(xb) - mean) / std, xb)
         shift = torch.randint(-3, 4, (2,), generator=g)
-        xb = torch.roll(xb, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
-        loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
+        xb = torch.roll((xb - mean) / std, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
+        feats = backbone(xb)
+        loss = torch.nn.functional.cross_entropy(classifier(feats), y[idx])
+        if recipe != "ce":
+            d = torch.cdist(feats, feats)
+            same = y[idx][:, None] == y[idx][None, :]
+            hardest_pos = (d * same).max(1).values
+            hardest_neg = (d + same * 1e6).min(1).values
+            loss = loss + torch.nn.functional.relu(hardest_pos - hardest_neg + 0.3).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         seen += len(idx)
     took = time.perf_counter() - start
     print(
-        f"  CNN: {steps} steps of 64, {seen / len(x):.1f} epochs over {len(x)} images in {took:.0f} s, "
+        f"  CNN ({recipe}): {steps} steps of 64, {seen / len(x):.1f} epochs over {len(x)} images in {took:.0f} s, "
         f"last loss {loss.item():.3f}"
     )
-    model.fc = torch.nn.Identity()
+    model = backbone
     model.eval()
 
     def embed(ps: list[Path]) -> np.ndarray:
         with torch.no_grad():
-            feats = torch.cat([model(load(ps[i : i + 256])) for i in range(0, len(ps), 256)])
+            feats = torch.cat([model((load(ps[i : i + 256]) - mean) / std) for i in range(0, len(ps), 256)])
         return torch.nn.functional.normalize(feats, dim=1).numpy()
 
     return embed
@@ -222,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ir-look", default="auto", choices=["auto", "thermal", "nir"])
     ap.add_argument("--cnn-steps", type=int, default=0, help="also train a small CNN for this many steps of 64")
     ap.add_argument("--cnn-size", default="64x32")
-    ap.add_argument("--cnn-gray", type=float, default=0.0, help="probability of converting a training image to grey")
+    ap.add_argument("--cnn-recipe", default="ce", choices=["ce", "ce+tri+ca"], help="see train_cnn")
     args = ap.parse_args(argv)
 
     tmp = None
@@ -254,16 +301,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     rows.append(("chance", "IR -> VIS", *chance(q_ir, galleries, cross_modal_junk)))
     rows.append(("chance", "VIS -> VIS", *chance(q_vis, galleries, same_camera_junk)))
-    for name, fn in (("RGB histogram, chi2", rgb_histogram), ("HSV histogram, chi2", hsv_histogram)):
+    matchers = (
+        ("RGB histogram, chi2", rgb_histogram),
+        ("HSV histogram, chi2", hsv_histogram),
+        ("HSV histogram centre, chi2", centre(hsv_histogram)),
+        ("grey histogram centre, chi2", centre(gray_histogram)),
+    )
+    for name, fn in matchers:
         feats = {p: fn(img) for p, img in images.items()}
         rows.append((name, "IR -> VIS", *evaluate_features(feats, q_ir, galleries, chi_square, cross_modal_junk)))
         rows.append((name, "VIS -> VIS", *evaluate_features(feats, q_vis, galleries, chi_square, same_camera_junk)))
     if args.cnn_steps > 0:
         h, w = (int(v) for v in args.cnn_size.lower().split("x"))
-        embed = train_cnn(root, args.cnn_steps, (h, w), seed=args.seed, gray=args.cnn_gray)
+        embed = train_cnn(root, args.cnn_steps, (h, w), seed=args.seed, recipe=args.cnn_recipe)
         paths = sorted(all_paths)
         feats = dict(zip(paths, embed(paths)))
-        label = f"ResNet-18 CE {args.cnn_steps} steps {h}x{w}" + (f" gray{args.cnn_gray:g}" if args.cnn_gray else "")
+        label = f"ResNet-18 {args.cnn_recipe} {args.cnn_steps}st"
         rows.append((label, "IR -> VIS", *evaluate_features(feats, q_ir, galleries, cosine_distance, cross_modal_junk)))
         rows.append(
             (label, "VIS -> VIS", *evaluate_features(feats, q_vis, galleries, cosine_distance, same_camera_junk))

@@ -8,6 +8,7 @@ one line naming the problem and the fix, with exit code 2; anything else is a bu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -37,7 +38,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from vireid.data.synthetic import SynthOptions, write_layout, write_preview
 
-    options = SynthOptions(num_ids=args.ids, seed=args.seed, difficulty=args.difficulty, size=args.size)
+    options = SynthOptions(
+        num_ids=args.ids, seed=args.seed, difficulty=args.difficulty, size=args.size, workers=args.workers
+    )
     summary = write_layout(args.layout, args.out, options, overwrite=args.overwrite)
     print(summary.describe())
     if args.preview:
@@ -173,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, help="image size HxW, e.g. 128x64")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--preview", default=None, metavar="FILE.png", help="also draw a contact sheet")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="rendering processes (default: CPUs, at most 4); the output does not depend on it",
+    )
     p.set_defaults(handler=cmd_synth)
 
     p = sub.add_parser(

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -228,9 +229,13 @@ class SynthSummary:
             + (f", {self.captions} captions" if self.captions else "")
             + f", written to {self.root} in {self.seconds:.1f} s"
         ]
-        splits = list(dict.fromkeys(c.split for c in self.counts))
+        order = {"train": 0, "train_171": 0, "val": 1, "test": 2}
+        splits = sorted(dict.fromkeys(c.split for c in self.counts), key=lambda s: order.get(s, 3))
         for split in splits:
-            rows = [c for c in self.counts if c.split == split]
+            rows = sorted(
+                (c for c in self.counts if c.split == split),
+                key=lambda c: (c.modality != "visible", int(re.sub(r"\D", "", c.group) or 0), c.group),
+            )
             cells = ", ".join(f"{c.group} {c.modality} {c.images}" for c in rows)
             ids = self.ids.get(split)
             lines.append(f"  {split:<10} {'' if ids is None else f'{ids} ids: '}{cells}")

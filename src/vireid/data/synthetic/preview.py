@@ -41,7 +41,9 @@ def _rows_sysu(root: Path) -> list[_Row]:
     for pid in _ids_line(root / "exp" / "test_id.txt")[:_ROWS]:
         row = _Row(pid)
         for cams in ((1, 2, 4, 5), (3, 6)):
-            cells = [(f"cam{c}", f) for c in cams for f in _files(root / f"cam{c}" / f"{pid:04d}")[:2]]
+            # One image per camera first (round robin), so the row shows as many cameras as possible.
+            per_cam = [[(f"cam{c}", f) for f in _files(root / f"cam{c}" / f"{pid:04d}")[:_PER_SIDE]] for c in cams]
+            cells = [cam[i] for i in range(_PER_SIDE) for cam in per_cam if i < len(cam)]
             row.cells += cells[:_PER_SIDE]
         rows.append(row)
     return rows
@@ -156,5 +158,5 @@ def write_preview(layout: str, out: str | Path, png_path: str | Path) -> Path:
                 draw.text((pid_w, y + label_h + cell_h + 1 + 11 * k), line, fill=(0, 0, 90), font=font)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(png_path)
+    sheet.save(png_path, optimize=True)
     return png_path

@@ -323,8 +323,8 @@ def _torso_points(idn: Identity, body: _Body) -> list[tuple[float, float]]:
     ]
 
 
-def _draw_frontal(pen: _Pen, idn: Identity, body: _Body, c: ImageConditions) -> dict[str, float]:
-    """Front or back view. Returns a few positions used for the patterns and the logo."""
+def _draw_frontal(pen: _Pen, idn: Identity, body: _Body, c: ImageConditions) -> None:
+    """Front or back view: from behind the bag swaps sides and the backpack shows; from the front, face and logo."""
     back = c.view == "back"
     lift = 0.02 * abs(c.stride)
     lifted = 1 if c.stride > 0 else -1
@@ -400,7 +400,6 @@ def _draw_frontal(pen: _Pen, idn: Identity, body: _Body, c: ImageConditions) -> 
             )
     if idn.upper_pattern == "logo" and not back:
         _draw_logo(pen, idn, 0.0, body.y_shoulder + 0.1, 0.062 * idn.build)
-    return {"x_axis": 0.0}
 
 
 def _draw_logo(pen: _Pen, idn: Identity, x: float, y: float, r: float) -> None:
@@ -626,7 +625,7 @@ def _nir_lut(idn: Identity, camera: CameraProfile, near_gain: float) -> np.ndarr
     # The illuminator sits on the camera: the person, nearer than the background, is lit more strongly.
     lut[1:_PERSON_LIMIT] *= near_gain
     palette = scene_palette(camera.scene, camera.scene_seed)
-    lut[MATERIAL_BASE : MATERIAL_BASE + len(MATERIALS)] = palette.nir * 0.6
+    lut[MATERIAL_BASE : MATERIAL_BASE + len(MATERIALS)] = palette.nir * 0.5
     return lut
 
 
@@ -676,7 +675,7 @@ def _render_look(
         palette = scene_palette(camera.scene, camera.scene_seed)
         cols = palette.column_noise[np.arange(img.shape[1]) % len(palette.column_noise)]
         img = img + (0.01 + 0.01 * difficulty) * cols[None, :]
-        return _to_rgb(_finish(img.astype(np.float32), 0.0, (0.015 + 0.02 * difficulty) * c.noise, rng))
+        return _to_rgb(_finish(img.astype(np.float32), 0.0, (0.012 + 0.016 * difficulty) * c.noise, rng))
     if look == "nir":
         refl = _map_labels(geo, _nir_lut(idn, camera, rng.uniform(1.15, 1.45)))
         refl = _shaded(geo, refl, 0.8)
@@ -684,9 +683,9 @@ def _render_look(
         ys, xs = _grid(h, w)
         cy, cxx = h * rng.uniform(0.35, 0.6), w * rng.uniform(0.35, 0.65)
         r2 = ((ys - cy) / h) ** 2 + ((xs - cxx) / w) ** 2 * 0.5
-        falloff = 1.0 - rng.uniform(0.4, 0.9) * np.clip(r2 * 2.2, 0, 1)
+        falloff = 1.0 - rng.uniform(0.3, 0.7) * np.clip(r2 * 2.2, 0, 1)
         img = refl * falloff * rng.uniform(0.8, 1.2) * (0.7 + 0.3 * camera.light)
-        return _to_rgb(_finish(img.astype(np.float32), 0.4 + 0.5 * c.blur, (0.02 + 0.02 * difficulty) * c.noise, rng))
+        return _to_rgb(_finish(img.astype(np.float32), 0.4 + 0.5 * c.blur, (0.012 + 0.016 * difficulty) * c.noise, rng))
     raise ValueError(f"unknown look {look!r}; use one of {LOOKS}")
 
 

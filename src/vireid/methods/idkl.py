@@ -33,6 +33,7 @@ from vireid.config import AugConfig, DataConfig, OptimConfig, RunConfig, Sampler
 from vireid.data.batch import CrossModalBatch
 from vireid.errors import ConfigError, DataError
 from vireid.losses import batch_hard_triplet, cross_entropy_ls, kl_div_temperature, pairwise_euclidean, symmetric_kl
+from vireid.losses._precision import at_least_float32
 from vireid.methods.base import ImageMethodBase, LossOutput, StepContext
 from vireid.models.idkl_net import IDKLModelConfig, IDKLNet, IDKLOutput
 
@@ -397,7 +398,7 @@ def csa_identity_loss(
 
 def row_entropy(logits: torch.Tensor) -> torch.Tensor:
     """(B, N) logits -> (B,) entropy of softmax(logits) in nats."""
-    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p = F.log_softmax(at_least_float32(logits), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
@@ -444,7 +445,7 @@ def modality_confusion_loss(
     interleaved batch: row (slot, inst) keeps its true modality when slot + inst is even and gets the other
     one otherwise. Here the pattern is computed from the index fields, so it survives any batch order.
     """
-    logits = modality_logits.float()
+    logits = at_least_float32(modality_logits)
     modality = batch.modality
     if mode == "uniform":
         return F.cross_entropy(logits, torch.full_like(logits, 0.5))
@@ -466,10 +467,14 @@ def idkl_objective(out: IDKLOutput, batch: CrossModalBatch, cfg: IDKLConfig) -> 
     parts["tri_sh"] = lc.triplet.weight_sh * batch_hard_triplet(out.f_sh, label, lc.triplet.margin)
     parts["tri_sp"] = lc.triplet.weight_sp * batch_hard_triplet(out.f_sp, label, lc.triplet.margin)
     parts["id_sp"] = lc.specific.id_weight * cross_entropy_ls(out.logits_sp, label, lc.id.label_smoothing)
-    parts["modality_sp"] = lc.specific.modality_weight * F.cross_entropy(out.modality_logits_sp.float(), batch.modality)
+    parts["modality_sp"] = lc.specific.modality_weight * F.cross_entropy(
+        at_least_float32(out.modality_logits_sp), batch.modality
+    )
     if cfg.purifier.enabled:
         pc = cfg.purifier
-        parts["entropy"] = pc.weight * entropy_margin_loss(out.entropy_logits, out.entropy_logits_gated, pc.margin_entropy)
+        parts["entropy"] = pc.weight * entropy_margin_loss(
+            out.entropy_logits, out.entropy_logits_gated, pc.margin_entropy
+        )
         parts["centroid"] = pc.weight * centroid_gap_loss(
             out.centroid_in, out.centroid_in_gated, batch, pairs, pc.margin_centroid
         )
@@ -484,6 +489,11 @@ def idkl_objective(out: IDKLOutput, batch: CrossModalBatch, cfg: IDKLConfig) -> 
             out.modality_logits_sh, batch, pairs, cfg.confusion.mode
         )
     total = torch.stack(list(parts.values())).sum()
+    # Every output joins the graph, with weight 0 where an ablation switches its term off: each parameter
+    # then receives a (possibly zero) gradient in every step, which DDP needs (outputs that reach
+    # parameters without reaching the loss stall its gradient reduction), and no ``find_unused_parameters``
+    # graph walk is ever needed.
+    total = total + 0.0 * sum(getattr(out, f.name).sum() for f in dataclasses.fields(out))
     return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()})
 
 
@@ -505,29 +515,15 @@ def build_idkl_net(cfg: IDKLConfig, num_classes: int) -> IDKLNet:
     )
 
 
-def every_head_trained(cfg: IDKLConfig) -> bool:
-    """Whether every parameter of the network is in the graph of the objective (DDP needs to know)."""
-    lc = cfg.loss
-    return (
-        cfg.purifier.enabled
-        and cfg.purifier.weight > 0
-        and cfg.confusion.weight > 0
-        and lc.specific.modality_weight > 0
-        and lc.specific.id_weight > 0
-        and lc.id.weight > 0
-    )
-
-
 class IDKLMethod(ImageMethodBase):
     """IDKL on vireid's engine: :class:`IDKLNet` + :func:`idkl_objective`."""
 
     name = "idkl"
     config_class = IDKLConfig
     find_unused_parameters = False
-    """Set by :meth:`build_model` when an ablation leaves a head out of the objective (DDP then needs it)."""
+    """Every output enters the objective (see :func:`idkl_objective`), so DDP never needs the graph walk."""
 
     def build_model(self, cfg: IDKLConfig, num_classes: int) -> IDKLNet:
-        self.find_unused_parameters = not every_head_trained(cfg)
         return build_idkl_net(cfg, num_classes)
 
     def forward(self, model, batch: CrossModalBatch, ctx: StepContext) -> IDKLOutput:

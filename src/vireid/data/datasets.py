@@ -309,4 +309,7 @@ def build_cross_modal_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
+        # Every new iterator (each epoch) draws a base seed from this generator; a private one keeps that draw
+        # out of the global torch RNG, which dropout uses and which a resumed run restores mid-epoch.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +14,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dakd_runs import (
+    PLAIN_SGD,
+    TINY_DATA,
+    TINY_TRAIN,
+    ddp_worker,
+    free_port,
+    mce_cfg,
+    save_random_teacher,
+    student_cfg,
+    textured_sysu,
+)
+from dakd_runs import TINY_MODEL as TINY_MODEL_KEYS
 from vireid.config import load_config, to_dict
 from vireid.data.batch import CrossModalBatch
 from vireid.data.records import ImageRecord, Modality
@@ -26,6 +38,7 @@ from vireid.methods.dakd import (
     KDConfig,
     MaskConfig,
     TeacherState,
+    _finished_run,
     confidence_weights,
     distillation_terms,
     load_teacher,
@@ -37,17 +50,8 @@ from vireid.methods.dakd import (
 from vireid.methods.identity_means import CA, IR, RGB, identity_mean_embeddings
 from vireid.models.dakd_net import DAKDModelConfig, DAKDNet
 
-sys.path.insert(0, str(Path(__file__).parent))
-from layout_builders import build_sysu, default_sysu_folders
-
 TINY_MODEL = DAKDModelConfig(backbone="resnet18", width=8, pretrained="none", nl_layer2=[1], nl_layer3=[1])
-TINY_MODEL_OVERRIDES = [
-    "model.backbone=resnet18",
-    "model.width=8",
-    "model.pretrained=none",
-    "model.nl_layer2=[1]",
-    "model.nl_layer3=[1]",
-]
+TINY_MODEL_OVERRIDES = TINY_MODEL_KEYS
 
 # ---------------------------------------------------------------------------------------------------------
 # Plain references (float64, Python lists)
@@ -424,22 +428,13 @@ def test_dakd_configs_wire_region_cutswap_into_the_visible_stream_only():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# End to end: teacher (MCE, nested run) -> student, then a second student from the teacher's folder
+# End to end: teacher (MCE, nested run) -> student
 # ---------------------------------------------------------------------------------------------------------
-
-TINY = [
-    *TINY_MODEL_OVERRIDES,
-    "train.progress=false",
-    "train.log_every=1",
-    "train.epochs=1",
-    "train.iters_per_epoch=2",
-]
 
 
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sysu_dakd")
-    return build_sysu(root, default_sysu_folders(), (1, 2, 3, 4), (5, 6), (7, 8, 9, 10, 11))
+    return textured_sysu(tmp_path_factory.mktemp("sysu_dakd"))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -448,9 +443,11 @@ def test_teacher_then_student_end_to_end(sysu_root, tmp_path):
     from vireid.engine.loading import load_model
     from vireid.engine.trainer import train
 
-    data = [f"data.root={sysu_root}", "data.height=32", "data.width=16", "data.workers=0", "sampler.P=2", "sampler.K=2"]
-    teacher_overrides = [*TINY, "sampler.P=2", "sampler.K=2"]  # the teacher recipe keeps its own sampler
-    overrides = [*data, *TINY, "eval.selection=last", f"teacher_run.overrides={json.dumps(teacher_overrides)}"]
+    short = ["train.epochs=1", "train.iters_per_epoch=2"]
+    # The teacher inherits the student's data section; its recipe keeps its own model, sampler and length.
+    teacher_overrides = [*TINY_MODEL_KEYS, *TINY_DATA[-2:], *TINY_TRAIN, *short]
+    overrides = [f"data.root={sysu_root}", *TINY_MODEL_KEYS, *TINY_DATA, *TINY_TRAIN, *short]
+    overrides.append(f"teacher_run.overrides={json.dumps(teacher_overrides)}")  # JSON is YAML: quoted items
     cfg = load_config("dakd/sysu", overrides)
     result = train(cfg, run_dir=tmp_path / "student")
     teacher_dir = tmp_path / "student" / "teacher"
@@ -466,14 +463,10 @@ def test_teacher_then_student_end_to_end(sysu_root, tmp_path):
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(x["loss"]) and "inst" in x and "cls" in x for x in lines if x["kind"] == "train")
 
-    # A second student from the finished teacher folder, initialised from the teacher, joint BN, CE on.
-    cfg2 = load_config(
-        "dakd/sysu",
-        [*overrides, f"teacher={teacher_dir}", "student.init=teacher", "student.bn=joint", "loss.ce=0.5"],
-    )
-    result2 = train(cfg2, run_dir=tmp_path / "student2")
-    assert not (tmp_path / "student2" / "teacher").exists()
-    assert load_checkpoint(result2.run_dir).meta["extra"]["distillation"] == "self_kd"
+    # A finished nested teacher is reused, not retrained, when the student runs again or resumes.
+    assert _finished_run(teacher_dir, teacher_stage_config(cfg, "mce"))
+    changed = load_config("dakd/sysu", [*overrides, "train.seed=5"])  # another seed: another teacher
+    assert not _finished_run(teacher_dir, teacher_stage_config(changed, "mce"))
 
 
 def test_a_teacher_of_another_architecture_is_labelled_kd(tmp_path):
@@ -500,3 +493,73 @@ def test_a_teacher_of_another_architecture_is_labelled_kd(tmp_path):
     assert load_teacher(folder2, student, "cpu").distillation == "self_kd"
     emb = state.embed(torch.randn(4, 3, 32, 16), torch.tensor([0, 1, 1, 0]))
     assert emb.shape == (4, student.feature_dim) and torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A teacher given as a folder: student initialisation, and DDP equivalence
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_student_init_from_the_teacher_with_the_ce_option(tmp_path):
+    folder = save_random_teacher(tmp_path / "teacher", seed=3)
+    cfg = load_config(
+        None, [*TINY_MODEL_OVERRIDES, f"teacher={folder}", "student.init=teacher", "loss.ce=0.5"], method="dakd"
+    )
+    torch.manual_seed(4)
+    student = METHOD.build_model(cfg, 6)
+    printed = []
+    trainer = SimpleNamespace(
+        cfg=cfg,
+        model=student,
+        dist=SimpleNamespace(device=torch.device("cpu")),
+        logger=SimpleNamespace(print=lambda *a, **k: printed.append(" ".join(map(str, a)))),
+        method_state={},
+        run_dir=tmp_path / "run",
+    )
+    METHOD.on_train_start(trainer)
+    state = trainer.method_state["dakd"]
+    teacher_weights = state.model.state_dict()
+    for key, value in student.state_dict().items():
+        if key.startswith("classifier."):
+            continue
+        assert torch.equal(value, teacher_weights[key]), key
+    assert student.classifier is not None and state.distillation == "self_kd"
+    assert "self_kd" in printed[-1] and not (tmp_path / "run" / "teacher").exists()
+    assert METHOD.checkpoint_extra(trainer)["teacher"] == str(folder)
+    bad = load_config(None, [*TINY_MODEL_OVERRIDES, f"teacher={tmp_path / 'nowhere'}"], method="dakd")
+    with pytest.raises(ConfigError, match="neither a recipe"):
+        METHOD.on_train_start(SimpleNamespace(**{**trainer.__dict__, "cfg": bad}))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_two_process_training_matches_one_process(sysu_root, tmp_path):
+    """Two gloo processes against one, one step each of MCE and of the student (shared process start-up).
+
+    MCE: sharded memory rebuild, loss and memory updates on the gathered batch. Student: per-modality BN
+    passes, the teacher on each rank's shard, masks and losses on the gathered batch, sharded prototypes.
+    """
+    from vireid.engine.checkpoint import load_checkpoint, load_trainer_state
+    from vireid.engine.trainer import train
+
+    torch.set_num_threads(1)
+    teacher = save_random_teacher(tmp_path / "teacher")
+    train(mce_cfg(sysu_root, *PLAIN_SGD), run_dir=tmp_path / "mce", stop_after_iters=1)
+    train(student_cfg(sysu_root, teacher, *PLAIN_SGD), run_dir=tmp_path / "student", stop_after_iters=1)
+    args = (2, free_port(), str(sysu_root), str(teacher), str(tmp_path))
+    torch.multiprocessing.spawn(ddp_worker, args=args, nprocs=2)
+    for single_dir, ddp_dir in (("mce", "ddp_mce"), ("student", "ddp_student")):
+        single = load_checkpoint(tmp_path / single_dir, prefer="last")
+        ddp = load_checkpoint(tmp_path / ddp_dir, prefer="last")
+        for key, value in single.state_dict.items():
+            torch.testing.assert_close(value.float(), ddp.state_dict[key].float(), atol=2e-5, rtol=0, msg=key)
+        state_a = load_trainer_state(single.path)["method_state"]
+        state_b = load_trainer_state(ddp.path)["method_state"]
+        if single_dir == "mce":
+            a, b = state_a["memory"], state_b["memory"]
+            torch.testing.assert_close(a["global_features"], b["global_features"], atol=2e-5, rtol=0)
+            for key in ("rgb", "ir", "ca"):
+                torch.testing.assert_close(a["features"][key], b["features"][key], atol=2e-5, rtol=0)
+                torch.testing.assert_close(a["centres"][key], b["centres"][key], atol=1e-6, rtol=0)
+        else:
+            torch.testing.assert_close(state_a["prototypes"], state_b["prototypes"], atol=1e-6, rtol=0)

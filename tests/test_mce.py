@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dakd_runs import mce_cfg, textured_sysu
 from vireid.data.batch import CrossModalBatch
 from vireid.methods.mce import (
     MCELossConfig,
@@ -21,9 +21,6 @@ from vireid.methods.mce import (
     mean_momentum_update,
     update_memories,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from layout_builders import build_sysu, default_sysu_folders
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -235,30 +232,13 @@ def test_kl_targets_get_no_gradient_and_memories_none():
 # ---------------------------------------------------------------------------------------- training runs
 
 
-TINY = [
-    "model.backbone=resnet18",
-    "model.width=8",
-    "model.pretrained=none",
-    "model.nl_layer2=[1]",
-    "model.nl_layer3=[1]",
-    "data.height=32",
-    "data.width=16",
-    "data.workers=0",
-    "sampler.P=2",
-    "sampler.K=2",
-    "eval.selection=last",
-    "train.progress=false",
-    "train.log_every=1",
-]
-
-
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sysu_mce")
-    return build_sysu(root, default_sysu_folders(), (1, 2, 3, 4), (5, 6), (7, 8, 9, 10, 11))
+    return textured_sysu(tmp_path_factory.mktemp("sysu_mce"))
 
 
-def _checkpoint_state(run: Path):
+def checkpoint_state(run: Path):
+    """(weights, MCE memory state) of the last checkpoint of a run."""
     from vireid.engine.checkpoint import load_checkpoint, load_trainer_state
 
     last = load_checkpoint(run, prefer="last")
@@ -267,27 +247,24 @@ def _checkpoint_state(run: Path):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_mce_training_resumes_mid_epoch_with_the_updated_memories(sysu_root, tmp_path):
-    from vireid.config import load_config
     from vireid.engine.trainer import train
 
-    cfg = load_config(
-        "dakd/sysu_teacher", [f"data.root={sysu_root}", *TINY, "train.epochs=1", "train.iters_per_epoch=4"]
-    )
+    cfg = mce_cfg(sysu_root, "train.epochs=1", "train.iters_per_epoch=4")
     # Both runs stop after step 3 (inside the epoch), so both leave a resumable checkpoint to compare.
     whole = train(cfg, run_dir=tmp_path / "whole", stop_after_iters=3)
     part = train(cfg, run_dir=tmp_path / "part", stop_after_iters=2)
     assert part.interrupted
-    _, memory_mid = _checkpoint_state(tmp_path / "part")
+    _, memory_mid = checkpoint_state(tmp_path / "part")
     assert memory_mid["epoch"] == 0
     resumed = train(cfg, resume=tmp_path / "part", stop_after_iters=3)
     assert resumed.global_step == whole.global_step == 3
-    weights_a, memory_a = _checkpoint_state(tmp_path / "whole")
-    weights_b, memory_b = _checkpoint_state(tmp_path / "part")
+    weights_a, memory_a = checkpoint_state(tmp_path / "whole")
+    weights_b, memory_b = checkpoint_state(tmp_path / "part")
     for key in weights_a:
-        assert torch.allclose(weights_a[key].float(), weights_b[key].float(), atol=1e-5), key
+        assert torch.equal(weights_a[key], weights_b[key]), key
     for key in ("rgb", "ir", "ca"):
-        assert torch.allclose(memory_a["features"][key], memory_b["features"][key], atol=1e-5)
-        assert torch.allclose(memory_a["centres"][key], memory_b["centres"][key], atol=1e-6)
-    assert torch.allclose(memory_a["global_features"], memory_b["global_features"], atol=1e-5)
+        assert torch.equal(memory_a["features"][key], memory_b["features"][key])
+        assert torch.equal(memory_a["centres"][key], memory_b["centres"][key])
+    assert torch.equal(memory_a["global_features"], memory_b["global_features"])
     # The step updates moved the memories away from the epoch-start snapshot.
     assert not torch.allclose(memory_a["global_features"], memory_a["global_centres"])

@@ -478,7 +478,9 @@ def teacher_stage_config(cfg: DAKDConfig, recipe: str) -> RunConfig:
 
 
 def _finished_run(run_dir: Path, cfg: RunConfig) -> bool:
-    """True when ``run_dir`` holds a completed run of exactly ``cfg``."""
+    """True when ``run_dir`` holds a completed run of ``cfg`` (differences in ``train.progress`` and
+    ``data.workers``, which do not change the result, are ignored, as when resuming)."""
+    from vireid.config import config_diff
     from vireid.engine.checkpoint import resolve_checkpoint
 
     try:
@@ -486,7 +488,11 @@ def _finished_run(run_dir: Path, cfg: RunConfig) -> bool:
         meta = json.loads((folder / "meta.json").read_text())
     except (CheckpointError, OSError, ValueError):
         return False
-    return meta.get("epoch") == cfg.train.epochs and meta.get("config") == to_dict(cfg)
+    diffs = [d for d in config_diff(meta.get("config", {}), to_dict(cfg)) if not d.startswith(_IGNORED_ON_REUSE)]
+    return meta.get("epoch") == cfg.train.epochs and not diffs
+
+
+_IGNORED_ON_REUSE = ("train.progress", "data.workers")
 
 
 def train_teacher_stage(trainer, recipe: str) -> Path:

@@ -95,6 +95,8 @@ def run_demo(
     overrides = [f"data.root={data_dir}", f"train.out_dir={out}", "train.name=run"]
     if quick:
         overrides += ["train.epochs=1", "train.iters_per_epoch=3"]
+        if method == "dakd":  # DAKD trains its teacher first, inside the student's run: shorten it too
+            overrides.append('teacher_run.overrides=["train.epochs=1", "train.iters_per_epoch=3"]')
     cfg = load_config(f"{method}/demo", overrides)
     cfg_dict = to_dict(cfg)
     run_dir = out / "run"

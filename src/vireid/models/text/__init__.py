@@ -3,7 +3,6 @@
 - :mod:`~vireid.models.text.tokenizer`: :class:`WordTokenizer` (vocabulary from the training captions,
   stored in checkpoint sidecars), :class:`TokenBatch`, MLM corruption (:func:`mask_for_mlm`).
 - :mod:`~vireid.models.text.tiny`: :class:`TinyTextEncoder`, a small Transformer trained from scratch.
-- :mod:`~vireid.models.text.minilm`: optional pretrained MiniLM sentence encoder (extra ``[minilm]``).
 - CLIP's text tower lives with its image tower in :mod:`vireid.models.clip` (extra ``[text]``).
 
 Every encoder maps a :class:`TokenBatch` to a :class:`TextEncoding` (feature (B, d), tokens (B, L, d)).

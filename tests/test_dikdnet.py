@@ -421,3 +421,33 @@ def test_online_and_student_only_schedules_train(text_root, tmp_path):
     train(tiny_cfg(text_root, "schedule=student_only", "model.shared_visual=true"), run_dir=tmp_path / "single")
     lm = load_model(tmp_path / "single", device="cpu")
     assert lm.model.tir is None and not (tmp_path / "single" / "teacher").exists()
+
+
+def test_interrupted_two_stage_run_resumes_to_the_same_student(two_stage_run, text_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from vireid.engine.trainer import Trainer, train
+
+    cfg, _, reference = two_stage_run
+    run = tmp_path / "interrupted"
+    stopped = Trainer(cfg, run_dir=run, stop_after_iters=1).fit()  # stage 1 finishes, stage 2 stops after 1 step
+    assert stopped.interrupted and (run / "teacher" / "checkpoints" / "best").is_dir()
+    resumed = train(cfg, resume=run)
+    assert not resumed.interrupted
+    a = load_file(str(reference.best_checkpoint / "model.safetensors"))
+    b = load_file(str(resumed.best_checkpoint / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ikdm_relation_form_averages_the_hinge_over_views():
+    cfg = dataclass_replace(load_config("dikdnet/demo").ikdm, form="relation", relation_epsilon=0.0)
+    side = _side_output(adapted=False)
+    expected = (
+        sum(
+            relation_hinge_kl(side.text, side.view_rgb[:, v], side.view_tir[:, v], cfg.relation_temperature, 0.0)
+            for v in range(2)
+        )
+        / 2
+    )
+    assert float(ikdm_loss(side, cfg)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(expected) > 0

@@ -23,6 +23,7 @@ import numpy as np
 RUNGS = {
     "r0_dcalign": "0 DCAlign-like: shared visual encoder",
     "r1_separate": "1 separate RGB/TIR encoders (student alone)",
+    "r1_long": "1b rung 1 trained as long as both stages together",
     "r2_teachers": "2 + multi-view teachers (V=2), no KD",
     "r3_relation": "3 + CKDM relations",
     "r4_representation": "4 + CKDM representations",

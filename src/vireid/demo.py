@@ -95,6 +95,8 @@ def run_demo(
     overrides = [f"data.root={data_dir}", f"train.out_dir={out}", "train.name=run"]
     if quick:
         overrides += ["train.epochs=1", "train.iters_per_epoch=3"]
+        if method == "dikdnet":  # its nested stage-1 (teacher) run has its own epoch count
+            overrides.append("teacher.epochs=1")
     cfg = load_config(f"{method}/demo", overrides)
     cfg_dict = to_dict(cfg)
     run_dir = out / "run"

@@ -110,6 +110,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         output=args.output,
         batch_size=args.batch_size,
         device=args.device,
+        labels=args.labels,
+        workers=args.workers,
+        ivf=args.ivf,
     )
     return 0
 
@@ -126,6 +129,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         output=args.output,
         backend=args.backend,
         device=args.device,
+        checkpoint=args.checkpoint,
+        query_id=args.query_id,
+        nprobe=args.nprobe,
     )
     return 0
 
@@ -133,7 +139,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vireid.export import export_onnx_cli
 
-    export_onnx_cli(args.checkpoint, onnx_path=args.onnx, opset=args.opset, check=not args.no_check)
+    export_onnx_cli(
+        args.checkpoint, onnx_path=args.onnx, opset=args.opset, check=not args.no_check, modality=args.modality
+    )
     return 0
 
 
@@ -221,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--modality", default="visible", choices=["visible", "infrared", "pair"])
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--labels", default=None, metavar="FILE", help="'<relative path> <identity>' per line")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    p.add_argument("--ivf", type=int, default=0, metavar="NLIST", help="also build a faiss IVF index (large galleries)")
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_index)
 
@@ -233,14 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="infrared", choices=["visible", "infrared"])
     p.add_argument("--top", type=int, default=10)
     p.add_argument("-o", "--output", default=None, help="rank-list picture (PNG)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "ivf"])
+    p.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (--backend ivf)")
+    p.add_argument("--checkpoint", default=None, help="the index's checkpoint, if it has moved")
+    p.add_argument("--query-id", type=int, default=None, help="identity of the query (green/red borders)")
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("export", help="export a checkpoint's inference path to ONNX and check parity")
     p.add_argument("checkpoint")
-    p.add_argument("--onnx", required=True, metavar="FILE")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="base name: FILE.onnx -> FILE.<modality>.onnx")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--modality", default=None, choices=["visible", "infrared", "pair"], help="default: all")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(handler=cmd_export)
     return parser

@@ -83,14 +83,20 @@ def test_checkpoint(
             flip=use_flip,
             rerank=rerank_opts,
             progress=True,
+            thermal_gray3=cfg.data.thermal_gray3,
+            selection_split=selection,
         )
-        result.meta.update({"checkpoint": str(lm.path), "selection": selection, "method": meta.get("method")})
+        result = result.with_metadata(checkpoint=str(lm.path), method=meta.get("method"))
         console.print(result.table())
         result.save(out_dir)
         if visualize:
+            from vireid.inference import FeatureExtractor
             from vireid.visualize import save_worst_queries
 
-            save_worst_queries(result, trial_list[0], k=visualize, out_dir=out_dir / "ranklists")
+            # The result holds no features: the first trial is embedded again, with the runner's settings.
+            extractor = FeatureExtractor(lm, batch_size=batch_size or cfg.eval.batch_size, flip=use_flip)
+            picture = save_worst_queries(trial_list[0], visualize, out_dir / "ranklists", extractor=extractor)
+            console.print(f"rank lists of the {visualize} worst queries: {picture}")
         results.append(result)
     summary = {r.protocol_id: r.to_dict() for r in results}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

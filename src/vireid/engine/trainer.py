@@ -516,6 +516,8 @@ class Trainer:
             device=self.dist.device,
             flip=self.cfg.eval.flip,
             progress=False,
+            thermal_gray3=self.cfg.data.thermal_gray3,
+            selection_split=split,
         )
         self.model.train()
         mean = result.mean

@@ -31,7 +31,7 @@ RUNGS = {
     "r6_full": "6 + IKDM, margin 0.2 (full)",
 }
 REUSE_TEACHER = {"r3_relation": "r2_teachers", "r4_representation": "r2_teachers"}
-METRICS = ("rank1", "rank5", "mAP", "mINP")
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 def _finished(run: Path, epochs: int) -> bool:

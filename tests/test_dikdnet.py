@@ -451,3 +451,12 @@ def test_ikdm_relation_form_averages_the_hinge_over_views():
     )
     assert float(ikdm_loss(side, cfg)) == pytest.approx(float(expected), rel=1e-6)
     assert float(expected) > 0
+
+
+def test_test_transform_accepts_one_image_or_a_pair():
+    cfg = load_config("dikdnet/demo")
+    transform = get_method("dikdnet").test_transform(cfg)
+    a, b = _pattern(1), _pattern(2)
+    rgb, thermal = transform(a, b)
+    assert torch.equal(transform(a), rgb) and torch.equal(transform(b), thermal)
+    assert rgb.shape == (3, cfg.data.height, cfg.data.width)

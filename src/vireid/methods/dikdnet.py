@@ -38,6 +38,7 @@ from torch import nn
 
 from vireid.config import AugConfig, DataConfig, EvalConfig, OptimConfig, RunConfig, SamplerConfig, SchedConfig
 from vireid.data.text_pairs import TextPairBatch
+from vireid.data.transforms.paired import PairedTestTransform
 from vireid.engine.optim import ParamGroup
 from vireid.errors import CheckpointError, ConfigError, TrainingError
 from vireid.losses.feature_kd import (
@@ -758,6 +759,20 @@ def ckdm_losses(student: SideOutput, teacher: SideOutput, ck: CKDMConfig) -> dic
 # ==========================================================================================================
 
 
+class PairOrImageTestTransform(PairedTestTransform):
+    """The test transform (Resize + Normalize), callable on one image or on an (RGB, thermal) pair.
+
+    The protocol runner transforms the two images of a gallery pair one at a time (``transform(img)``);
+    deployment code passes the pair (``transform(rgb, thermal)``). Both get the same resize and
+    normalisation, so the two call forms give identical tensors.
+    """
+
+    def __call__(self, rgb, thermal=None):
+        if thermal is None:
+            return self.single(rgb)
+        return super().__call__(rgb, thermal)
+
+
 class TextPairEmbedder:
     """Retrieval features of a DIKDNet model for the protocol runner: captions and RGB+T pairs.
 
@@ -1061,10 +1076,8 @@ class DIKDNetMethod:
     def embedder(self, model: nn.Module, cfg: DIKDNetConfig) -> TextPairEmbedder:
         return TextPairEmbedder(model, batch_size=cfg.eval.batch_size, gray3_thermal=cfg.data.thermal_gray3)
 
-    def test_transform(self, cfg: DIKDNetConfig):
-        from vireid.data.transforms.paired import PairedTestTransform
-
-        return PairedTestTransform(
+    def test_transform(self, cfg: DIKDNetConfig) -> PairOrImageTestTransform:
+        return PairOrImageTestTransform(
             cfg.data.height, cfg.data.width, normalization=cfg.aug.normalization, interpolation=cfg.aug.interpolation
         )
 

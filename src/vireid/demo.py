@@ -97,6 +97,8 @@ def run_demo(
         overrides += ["train.epochs=1", "train.iters_per_epoch=3"]
         if method == "dakd":  # DAKD trains its teacher first, inside the student's run: shorten it too
             overrides.append('teacher_run.overrides=["train.epochs=1", "train.iters_per_epoch=3"]')
+        if method == "dikdnet":  # its nested stage-1 (teacher) run has its own epoch count
+            overrides.append("teacher.epochs=1")
     cfg = load_config(f"{method}/demo", overrides)
     cfg_dict = to_dict(cfg)
     run_dir = out / "run"
@@ -115,7 +117,9 @@ def run_demo(
 
     trials = list(get_dataset(cfg.data.dataset, cfg.data.root).protocol(DEMO_PROTOCOLS[method]).trials())
     chance = chance_level(trials, draws=5)
-    mean, std = result.mean, result.std
+    # The runner names CMC points R1, R5, ...; the demo's table and JSON keep the name rank1.
+    mean = {"rank1": result.mean["R1"], **result.mean}
+    std = {"rank1": result.std["R1"], **result.std}
     table = Table(title=f"vireid demo: {method} on synthetic {layout} ({result.protocol_id}, {len(trials)} trials)")
     for col in ("", "R1", "mAP", "mINP"):
         table.add_column(col, justify="right")

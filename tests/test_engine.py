@@ -218,3 +218,33 @@ def test_validation_selection_picks_best_checkpoint(sysu_root, tmp_path):
     assert best.meta["metrics"]["mAP"] == max(h["mAP"] for h in result.history)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines].count("val") == 2
+
+
+def test_regdb_trial_checkpoints_are_reported_together(tmp_path):
+    """RegDB trains one model per trial; `vireid test a b` scores trial k with the model of trial k only."""
+    from rich.console import Console
+
+    from vireid.data.synthetic import SynthOptions, write_layout
+    from vireid.engine.testing import test_checkpoint as run_test  # renamed: not a pytest test
+    from vireid.errors import ProtocolError
+
+    root = tmp_path / "RegDB"
+    write_layout("regdb", root, SynthOptions(num_ids=8, seed=1, size=(32, 16), images_per_camera=(2, 2)))
+    runs = {}
+    for trial, seed in ((2, 0), (1, 7)):
+        cfg = load_config(
+            "baseline/regdb",
+            [f"data.root={root}", f"data.trial={trial}", f"train.out_dir={tmp_path}", *TINY, "train.epochs=1"]
+            + [f"train.seed={seed}", "train.iters_per_epoch=1", "sampler.P=2"],
+        )
+        runs[trial] = train(cfg, run_dir=tmp_path / f"trial{trial}").run_dir
+    quiet = Console(record=True)
+    alone = {t: run_test(runs[t], protocols=["regdb.v2t"], out=tmp_path / f"t{t}", console=quiet)[0] for t in runs}
+    (both,) = run_test([runs[2], runs[1]], protocols=["regdb.v2t"], out=tmp_path / "both", console=quiet)
+    assert [t.index for t in both.trials] == [2, 1] and both.metadata["num_trials"] == 2
+    for t in both.trials:  # each trial scored by its own model, exactly as when tested alone
+        assert t.result.mAP == alone[t.index].trials[0].result.mAP
+        assert list(t.result.cmc) == list(alone[t.index].trials[0].result.cmc)
+    assert [Path(p).parent.parent for p in both.metadata["checkpoint"]] == [runs[2], runs[1]]
+    with pytest.raises(ProtocolError, match="both trained on RegDB trial 1"):
+        run_test([runs[1], runs[1]], protocols=["regdb.v2t"], out=tmp_path / "dup", console=quiet)

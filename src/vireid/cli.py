@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from vireid.errors import VireidError
+from vireid.errors import ConfigError, VireidError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -81,8 +81,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from vireid.engine.run import test_from_cli
 
+    # Positional words with '=' are config overrides, the others checkpoints (argparse cannot split two lists).
+    checkpoints = [a for a in args.checkpoint if "=" not in a or os.path.exists(a)]
+    overrides = [a for a in args.checkpoint if a not in checkpoints]
+    if not checkpoints:
+        raise ConfigError("vireid test needs a checkpoint or run folder before the overrides.")
     test_from_cli(
-        args.checkpoint,
+        checkpoints,
         dataset=args.dataset,
         root=args.root,
         protocols=args.protocol,
@@ -91,7 +96,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         flip=args.flip,
         visualize=args.visualize,
         trials=args.trials,
-        overrides=args.overrides,
+        overrides=overrides,
     )
     return 0
 
@@ -214,8 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         "test",
         help="evaluate a checkpoint with every protocol of its dataset (table, JSON, CMC plot)",
     )
-    p.add_argument("checkpoint", help="checkpoint folder or run folder (its best checkpoint is used)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the stored config, e.g. eval.batch_size=64")
+    p.add_argument(
+        "checkpoint",
+        nargs="+",
+        help="checkpoint folder or run folder (its best checkpoint is used); for RegDB, one per trial to report "
+        "them together; then dotted overrides of the stored config, e.g. eval.batch_size=64",
+    )
     p.add_argument("--dataset", default=None)
     p.add_argument("--root", default=None)
     p.add_argument("--protocol", action="append", default=None, help="protocol id (repeatable)")

@@ -36,7 +36,7 @@ def train_from_cli(config: str, overrides: list[str], *, resume: str | None = No
 
 
 def test_from_cli(
-    checkpoint: str,
+    checkpoint: str | list[str],
     *,
     dataset=None,
     root=None,
@@ -51,11 +51,14 @@ def test_from_cli(
     from vireid.engine.loading import load_model
     from vireid.engine.testing import test_checkpoint
 
-    lm = load_model(checkpoint)
-    if overrides:
-        lm = dataclasses.replace(lm, cfg=load_config(to_dict(lm.cfg), list(overrides), method=lm.meta["method"]))
+    models = []
+    for path in [checkpoint] if isinstance(checkpoint, str | Path) else checkpoint:
+        lm = load_model(path)
+        if overrides:
+            lm = dataclasses.replace(lm, cfg=load_config(to_dict(lm.cfg), list(overrides), method=lm.meta["method"]))
+        models.append(lm)
     return test_checkpoint(
-        lm,
+        models if len(models) > 1 else models[0],
         dataset=dataset,
         root=root,
         protocols=protocols,

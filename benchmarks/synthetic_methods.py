@@ -13,7 +13,8 @@ the same budget (so DAKD costs two budgets; the teacher's own score is reported 
     python benchmarks/synthetic_methods.py --out methods_out --quick      # 2 epochs x 3 steps: a smoke run
 
 The ``untrained`` row (the baseline after a single step) shows what random convolutional features already
-get from silhouettes, the floor that learning must beat. Finished runs are reused. Prints a markdown table (mean +- std over the 10 galleries) with training seconds.
+get from silhouettes, the floor that learning must beat. Finished runs are reused. Prints a markdown table
+(mean +- std over the 10 galleries) with training seconds.
 """
 
 from __future__ import annotations

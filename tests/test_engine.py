@@ -232,11 +232,8 @@ def test_regdb_trial_checkpoints_are_reported_together(tmp_path):
     write_layout("regdb", root, SynthOptions(num_ids=8, seed=1, size=(32, 16), images_per_camera=(2, 2)))
     runs = {}
     for trial, seed in ((2, 0), (1, 7)):
-        cfg = load_config(
-            "baseline/regdb",
-            [f"data.root={root}", f"data.trial={trial}", f"train.out_dir={tmp_path}", *TINY, "train.epochs=1"]
-            + [f"train.seed={seed}", "train.iters_per_epoch=1", "sampler.P=2"],
-        )
+        run_keys = [f"data.trial={trial}", f"train.seed={seed}", "train.epochs=1", "train.iters_per_epoch=1"]
+        cfg = load_config("baseline/regdb", [f"data.root={root}", *TINY, *run_keys, "sampler.P=2"])
         runs[trial] = train(cfg, run_dir=tmp_path / f"trial{trial}").run_dir
     quiet = Console(record=True)
     alone = {t: run_test(runs[t], protocols=["regdb.v2t"], out=tmp_path / f"t{t}", console=quiet)[0] for t in runs}

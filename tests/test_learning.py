@@ -53,8 +53,9 @@ def test_baseline_learns_far_above_chance_and_an_untrained_model_does_not(sysu_s
 
     chance = chance_level(_protocol_trials(sysu_synth), draws=5)
     # Measured when written (torch 2.14, CPU): chance R1 7.4 / mAP 17.8; one step (random features, which
-    # already see silhouettes) R1 13.0 / mAP 23.8; 200 steps R1 31.6 / mAP 39.7. The bounds leave room for platform noise but fail when learning breaks
-    # (an unpaired or mislabelled batch stays near the untrained figures).
+    # already see silhouettes) R1 13.0 / mAP 23.8; 200 steps R1 31.6 / mAP 39.7. The bounds leave room for
+    # platform noise but fail when learning breaks (an unpaired or mislabelled batch stays near the untrained
+    # figures).
     assert trained.mean["R1"] >= 2.5 * chance["rank1"], (trained.mean, chance)
     assert trained.mean["mAP"] >= 1.5 * chance["mAP"], (trained.mean, chance)
     assert trained.mean["R1"] >= untrained.mean["R1"] + 10.0, (trained.mean, untrained.mean)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -134,6 +134,46 @@ def assign_labels(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], in
     """Copies of ``records`` with ``label`` = index of ``pid`` in ``sorted(unique pids)`` (G5)."""
     mapping = relabel([r.pid for r in records])
     return [replace(r, label=mapping[r.pid]) for r in records], len(mapping)
+
+
+def held_out_train_split(
+    dataset: str,
+    records: Sequence[ImageRecord],
+    *,
+    holdout: str,
+    val_ids: int,
+    seed: int,
+    validation_trial: Callable[[list[ImageRecord]], Trial],
+    display_name: str,
+    dropped_pids: tuple[int, ...] = (),
+    meta: dict[str, Any] | None = None,
+) -> TrainSplit:
+    """The usual :class:`TrainSplit`: hold out ``val_ids`` identities (``holdout="val"``), build their
+    validation trial with ``validation_trial``, relabel the rest 0..N-1.
+
+    Readers differ only in how they pick training records and which validation trial mimics their test
+    protocol; the hold-out choice, relabelling and recorded facts are the same for all of them.
+    """
+    check_holdout(holdout)
+    records = list(records)
+    val_pids: tuple[int, ...] = ()
+    val_trials = []
+    if holdout == "val":
+        val_pids = tuple(select_holdout_ids((r.pid for r in records), val_ids, seed, display_name))
+        held = set(val_pids)
+        val_trials = [validation_trial([r for r in records if r.pid in held])]
+        records = [r for r in records if r.pid not in held]
+    records, num_classes = assign_labels(records)
+    return TrainSplit(
+        dataset=dataset,
+        records=records,
+        num_classes=num_classes,
+        val_trials=val_trials,
+        holdout=holdout,
+        val_pids=val_pids,
+        dropped_pids=dropped_pids,
+        meta={**(meta or {}), "holdout_seed": seed if holdout == "val" else None},
+    )
 
 
 def require_nonempty(items: Sequence[Any], what: str, fix: str) -> None:

@@ -22,11 +22,9 @@ from vireid.data.readers.base import (
     CameraFolder,
     ReidDataset,
     TrainSplit,
-    assign_labels,
-    check_holdout,
     drop_single_modality,
+    held_out_train_split,
     require_nonempty,
-    select_holdout_ids,
 )
 from vireid.data.readers.checks import ExpectedCount, warn
 from vireid.data.readers.index_files import IndexEntry, read_id_list, read_labelled_list
@@ -231,28 +229,19 @@ class LLCM(ReidDataset):
         one VIS image per (identity, camera) drawn with ``random.Random(0)``, rule ``llcm``; cameras come
         from the file names.
         """
-        check_holdout(holdout)
         records, dropped = drop_single_modality(self._train, "LLCM")
         require_nonempty(records, "LLCM cross-modal training set", "check idx/train_vis.txt and idx/train_nir.txt.")
-        val_pids: tuple[int, ...] = ()
-        val_trials = []
-        if holdout == "val":
-            val_pids = tuple(select_holdout_ids((r.pid for r in records), val_ids, seed, "LLCM"))
-            held = set(val_pids)
-            from vireid.evaluation.protocols.llcm import llcm_validation_trial
+        from vireid.evaluation.protocols.llcm import llcm_validation_trial
 
-            val_trials = [llcm_validation_trial([r for r in records if r.pid in held])]
-            records = [r for r in records if r.pid not in held]
-        records, num_classes = assign_labels(records)
-        return TrainSplit(
-            dataset=self.name,
-            records=records,
-            num_classes=num_classes,
-            val_trials=val_trials,
+        return held_out_train_split(
+            self.name,
+            records,
             holdout=holdout,
-            val_pids=val_pids,
+            val_ids=val_ids,
+            seed=seed,
+            validation_trial=llcm_validation_trial,
+            display_name="LLCM",
             dropped_pids=dropped,
-            meta={"holdout_seed": seed if holdout == "val" else None},
         )
 
     # ---------------------------------------------------------------------------------------- protocols

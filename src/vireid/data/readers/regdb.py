@@ -15,11 +15,9 @@ from functools import cached_property
 from vireid.data.readers.base import (
     ReidDataset,
     TrainSplit,
-    assign_labels,
-    check_holdout,
     drop_single_modality,
+    held_out_train_split,
     require_nonempty,
-    select_holdout_ids,
 )
 from vireid.data.readers.checks import ExpectedCount, warn
 from vireid.data.readers.index_files import IndexEntry, read_labelled_list
@@ -187,28 +185,20 @@ class RegDB(ReidDataset):
         ``holdout="val"`` holds out ``val_ids`` identities (0 = 10%, at least 2) chosen from ``seed``; the
         validation trial is visible queries vs thermal gallery on them (all images, rule ``regdb``).
         """
-        check_holdout(holdout)
         records, dropped = drop_single_modality(self.records("train"), f"RegDB trial {self.trial}")
         require_nonempty(records, f"RegDB trial-{self.trial} training set", "check idx/train_*_{trial}.txt.")
-        val_pids: tuple[int, ...] = ()
-        val_trials = []
-        if holdout == "val":
-            val_pids = tuple(select_holdout_ids((r.pid for r in records), val_ids, seed, "RegDB"))
-            held = set(val_pids)
-            from vireid.evaluation.protocols.regdb import regdb_validation_trial
+        from vireid.evaluation.protocols.regdb import regdb_validation_trial
 
-            val_trials = [regdb_validation_trial([r for r in records if r.pid in held], self.trial)]
-            records = [r for r in records if r.pid not in held]
-        records, num_classes = assign_labels(records)
-        return TrainSplit(
-            dataset=self.name,
-            records=records,
-            num_classes=num_classes,
-            val_trials=val_trials,
+        return held_out_train_split(
+            self.name,
+            records,
             holdout=holdout,
-            val_pids=val_pids,
+            val_ids=val_ids,
+            seed=seed,
+            validation_trial=lambda held: regdb_validation_trial(held, self.trial),
+            display_name="RegDB",
             dropped_pids=dropped,
-            meta={"trial": self.trial, "holdout_seed": seed if holdout == "val" else None},
+            meta={"trial": self.trial},
         )
 
     # ---------------------------------------------------------------------------------------- protocols

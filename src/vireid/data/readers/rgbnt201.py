@@ -16,10 +16,8 @@ from functools import cached_property
 from vireid.data.readers.base import (
     ReidDataset,
     TrainSplit,
-    assign_labels,
-    check_holdout,
+    held_out_train_split,
     require_nonempty,
-    select_holdout_ids,
 )
 from vireid.data.readers.checks import ExpectedCount, warn
 from vireid.data.readers.layout import is_synthetic_root, list_image_files, require_dir
@@ -146,26 +144,16 @@ class RGBNT201(ReidDataset):
 
     def train_split(self, holdout: str = "val", val_ids: int = 0, seed: int = 0) -> TrainSplit:
         """Training triplets of ``train_171``; validation on ``val_ids`` held-out identities (rule ``market``)."""
-        check_holdout(holdout)
-        records = self.records("train")
-        val_pids: tuple[int, ...] = ()
-        val_trials = []
-        if holdout == "val":
-            val_pids = tuple(select_holdout_ids((r.pid for r in records), val_ids, seed, "RGBNT201"))
-            held = set(val_pids)
-            from vireid.evaluation.protocols.rgbnt201 import rgbnt201_validation_trial
+        from vireid.evaluation.protocols.rgbnt201 import rgbnt201_validation_trial
 
-            val_trials = [rgbnt201_validation_trial([r for r in records if r.pid in held])]
-            records = [r for r in records if r.pid not in held]
-        records, num_classes = assign_labels(records)
-        return TrainSplit(
-            dataset=self.name,
-            records=records,
-            num_classes=num_classes,
-            val_trials=val_trials,
+        return held_out_train_split(
+            self.name,
+            self.records("train"),
             holdout=holdout,
-            val_pids=val_pids,
-            meta={"holdout_seed": seed if holdout == "val" else None},
+            val_ids=val_ids,
+            seed=seed,
+            validation_trial=rgbnt201_validation_trial,
+            display_name="RGBNT201",
         )
 
     def protocol_ids(self) -> list[str]:

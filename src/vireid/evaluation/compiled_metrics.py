@@ -91,7 +91,7 @@ def chunk_metrics(
     """Metrics of one chunk of query rows (see the module docstring); releases the GIL while it runs.
 
     Args:
-        dist: (B, G) C-contiguous float32/float64 finite distances.
+        dist: (B, G) float32/float64 distances (NaN/inf are reported through ``finite``, never read as keys).
         q_gid: (B,) compact gallery identity of each query (-1: absent from the gallery); q_cam: (B,) cameras.
         g_gid, g_cam: (G,) compact identities and cameras of the gallery.
         group_order, group_start, group_count: gallery indices grouped by identity (ascending inside a group),

@@ -264,6 +264,34 @@ def test_unmasked_modalities_are_averaged_and_the_terms_ignore_row_order():
     assert float(shuffled.cls) == pytest.approx(float(base.cls), rel=1e-5)
 
 
+def test_default_mask_gives_unselected_rows_exactly_zero_gradient():
+    """Default mask (keep the confident half, per-sample reduction, low_weight 0): rows the mask drops get no
+    gradient at either level; every kept row gets one. The selection is recomputed here from the definition."""
+    student, teacher, labels, modality, protos = random_level_inputs(4)
+    student.requires_grad_(True)
+    terms = distillation_terms(student, teacher, labels, modality, protos, KDConfig(), MaskConfig())
+    (terms.inst + terms.cls).backward()
+    grad_norm = student.grad.abs().sum(dim=1)
+    kept = torch.zeros(len(labels), dtype=torch.bool)
+    for m in (0, 1):
+        rows = torch.nonzero(modality == m).flatten()
+        conf = F.softmax(teacher[rows].double() @ protos[m].double().t() / 0.05, dim=1).max(dim=1).values
+        kept[rows] = torch.from_numpy(conf.numpy() >= np.percentile(conf.numpy(), 50))
+    assert 0 < int(kept.sum()) < len(labels)
+    assert torch.all(grad_norm[~kept] == 0.0)  # exactly zero, not merely small
+    assert torch.all(grad_norm[kept] > 0.0)
+
+
+def test_release_mask_gives_every_row_a_gradient():
+    """dakd_release keeps every row (the mask only scales the IR terms by mean(mask)): no row is dropped."""
+    cfg = load_config("dakd/dakd_release")
+    student, teacher, labels, modality, protos = random_level_inputs(4)
+    student.requires_grad_(True)
+    terms = distillation_terms(student, teacher, labels, modality, protos, cfg.kd, cfg.mask)
+    (terms.inst + terms.cls).backward()
+    assert torch.all(student.grad.abs().sum(dim=1) > 0.0)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Prototypes
 # ---------------------------------------------------------------------------------------------------------

@@ -384,28 +384,86 @@ def make_batch(n_draws: int, classes: int) -> CrossModalBatch:
     )
 
 
-def test_the_teacher_receives_no_gradient_and_stays_out_of_the_student():
-    from vireid.methods.base import ImageEmbedder
+def trainer_with_teacher(tmp_path: Path, *overrides: str) -> SimpleNamespace:
+    """The parts of a Trainer that DAKDMethod.on_train_start uses, with a random MCE teacher checkpoint; the
+    method loads the teacher itself (``trainer.method_state["dakd"]``)."""
+    folder = save_random_teacher(tmp_path / "teacher", seed=5)
+    cfg = load_config(None, [*TINY_MODEL_OVERRIDES, f"teacher={folder}", *overrides], method="dakd")
+    torch.manual_seed(6)
+    trainer = SimpleNamespace(
+        cfg=cfg,
+        model=METHOD.build_model(cfg, 3),
+        dist=SimpleNamespace(device=torch.device("cpu")),
+        logger=SimpleNamespace(print=lambda *a, **k: None),
+        method_state={},
+        run_dir=tmp_path / "run",
+        teacher_folder=folder,
+    )
+    METHOD.on_train_start(trainer)
+    state = trainer.method_state["dakd"]
+    state.prototypes = F.normalize(torch.randn(2, 3, trainer.model.feature_dim), dim=-1)
+    return trainer
 
-    torch.manual_seed(1)
-    teacher = DAKDNet(TINY_MODEL, 0).eval().requires_grad_(False)
-    student = DAKDNet(TINY_MODEL, 0).train()
-    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    state = TeacherState(teacher, ImageEmbedder(teacher), "mem", "mce", "self_kd")
-    state.prototypes = F.normalize(torch.randn(2, 3, student.feature_dim), dim=-1)
-    cfg = DAKDConfig(model=TINY_MODEL)
-    ctx = StepContext(epoch=0, iteration=0, global_step=0, dist=None, cfg=cfg, extras={"dakd": state})
+
+def step_context(trainer) -> StepContext:
+    extras = {"dakd": trainer.method_state["dakd"]}
+    return StepContext(epoch=0, iteration=0, global_step=0, dist=None, cfg=trainer.cfg, extras=extras)
+
+
+def test_the_methods_own_teacher_stays_frozen_through_a_training_step(tmp_path):
+    """The teacher that on_train_start loads: no parameter trainable, eval mode even after the trainer puts
+    the student in training mode, parameters and buffers bit-identical to its checkpoint after a step."""
+    from vireid.engine.checkpoint import load_checkpoint
+
+    trainer = trainer_with_teacher(tmp_path)
+    teacher = trainer.method_state["dakd"].model
+    saved = load_checkpoint(trainer.teacher_folder).state_dict  # read back from the file, not from the model
+    student = trainer.model.train()  # what the trainer does at every epoch start
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
     batch = make_batch(6, 3)
-    out = METHOD.forward(student, batch, ctx)
-    assert not out.teacher.requires_grad
-    loss = METHOD.loss(out, batch, ctx)
-    loss.total.backward()
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert not teacher.training  # eval mode: running statistics untouched
-    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
-    assert set(student.state_dict()) == set(DAKDNet(TINY_MODEL, 0).state_dict())
+    batch.images = batch.images * 2.0 + 1.0  # away from the teacher's initial running statistics
+    ctx = step_context(trainer)
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = METHOD.loss(METHOD.forward(student, batch, ctx), batch, ctx)
+        loss.total.backward()
+        optimizer.step()
     assert set(loss.parts) >= {"inst", "cls", "mask_kept_rgb", "mask_kept_ir"}
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert not any(m.training for m in teacher.modules())
+    state = teacher.state_dict()
+    assert set(state) == set(saved)
+    for key, value in state.items():
+        assert torch.equal(value, saved[key]), key
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert not any("teacher" in k for k in student.state_dict())  # the teacher stays out of the student
+
+
+def test_the_teacher_receives_exactly_the_students_augmented_tensors(tmp_path):
+    """Row for row, the teacher's network input is the tensor the student's network gets (the batch's
+    augmented images, untouched by the student's forward), each through its own modality."""
+    trainer = trainer_with_teacher(tmp_path)
+    state = trainer.method_state["dakd"]
+    student = trainer.model.train()
+    seen: dict[str, list[tuple[torch.Tensor, int]]] = {"student": [], "teacher": []}
+    student.stems.register_forward_pre_hook(
+        lambda _m, args: seen["student"].append((args[0].detach().clone(), int(args[1])))
+    )
+    teacher_embed = state.embedder.embed_images
+
+    def recording_embed(images, modality):
+        seen["teacher"].append((images.detach().clone(), int(modality)))
+        return teacher_embed(images, modality)
+
+    state.embedder.embed_images = recording_embed
+    batch = make_batch(6, 3).index_select(torch.randperm(12, generator=torch.Generator().manual_seed(0)))
+    original = batch.images.clone()
+    METHOD.forward(student, batch, step_context(trainer))
+    for who in ("student", "teacher"):
+        by_modality = {m: images for images, m in seen[who]}
+        assert sorted(by_modality) == [0, 1] and len(seen[who]) == 2, who
+        for m in (0, 1):
+            assert torch.equal(by_modality[m], original[batch.modality == m]), (who, m)
 
 
 # ---------------------------------------------------------------------------------------------------------

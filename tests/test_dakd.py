@@ -597,9 +597,9 @@ def test_per_modality_statistics_survive_checkpoints_and_onnx_export(tmp_path):
     assert any(k.startswith(BANK) for k in saved)
     assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
 
-    report = export_onnx(folder, tmp_path / "onnx" / "model.onnx", modalities=["infrared"], batch_sizes=(3,))
+    # The parity check is done below, against an independent reference instead of the exported module.
+    report = export_onnx(folder, tmp_path / "onnx" / "model.onnx", modalities=["infrared"], check=False)
     (ir_graph,) = report.graphs
-    assert ir_graph.max_abs_diff < 1e-4
     images = batch.images[batch.modality == 1]
     got = ort.InferenceSession(str(ir_graph.path)).run(["features"], {"images": images.numpy()})[0]
     model.eval()

@@ -186,10 +186,11 @@ class DAKDNet(AGWNet):
         the DAKD release's two student forwards); rows come back in the input order. Running statistics are
         updated per modality with ``modality_running_stats``, otherwise the two passes update one shared set.
         """
-        per_modality_bn = per_modality_bn or self.modality_running_stats
+        if not (per_modality_bn or self.modality_running_stats):  # MCE, student.bn=joint: a plain AGW pass
+            return super().forward(images, modality)
         single = self._one_modality(modality)
-        if not per_modality_bn or single is not None:
-            with self.modality_statistics(VISIBLE if single is None else single):
+        if single is not None:
+            with self.modality_statistics(single):
                 return super().forward(images, modality)
 
         def run(rows: torch.Tensor, m: int) -> ReIDOutput:

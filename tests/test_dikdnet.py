@@ -26,7 +26,7 @@ from vireid.losses.feature_kd import (
 from vireid.losses.text_matching import info_nce, similarity_distribution_matching
 from vireid.methods import get_method
 from vireid.methods.base import StepContext
-from vireid.methods.dikdnet import DIKDNetOutput, DIKDNetSide, ckdm_losses, ikdm_loss
+from vireid.methods.dikdnet import DIKDNetOutput, DIKDNetSide, ckdm_losses, ikdm_loss, task_loss
 from vireid.models.text import WordTokenizer
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -68,6 +68,64 @@ def test_info_nce_and_its_one_directional_half():
     col = -sum(float(torch.log_softmax(s[:, j], 0)[j]) for j in range(4)) / 4
     assert float(info_nce(a, b, 0.07)) == pytest.approx((row + col) / 2, rel=1e-9)
     assert float(info_nce(a, b, 0.07, symmetric=False)) == pytest.approx(row, rel=1e-9)
+
+
+def test_info_nce_with_labels_counts_an_exact_duplicate_row_as_a_positive():
+    # rows 0 and 1 are the same (caption, pair) drawn twice; row 2 another identity. Unit vectors, tau 0.5:
+    # S / tau = [[2, 2, 0], [2, 2, 0], [0, 0, 2]].
+    e1, e2 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    feats = torch.stack([e1, e1, e2])
+    labels = torch.tensor([7, 7, 3])
+    e = math.e
+    duplicate_row = -math.log((e**2 + e**2) / (2 * e**2 + 1))  # both identical columns are positives
+    single_row = -math.log(e**2 / (e**2 + 2))
+    expected = (2 * duplicate_row + single_row) / 3  # S is symmetric, so both directions agree
+    got = info_nce(feats, feats.clone(), 0.5, labels=labels)
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    assert float(info_nce(feats, feats.clone(), 0.5, symmetric=False, labels=labels)) == pytest.approx(expected)
+    # the arange targets make the duplicate a negative of itself: a larger loss for a perfect embedding
+    arange_row = -math.log(e**2 / (2 * e**2 + 1))
+    assert float(info_nce(feats, feats.clone(), 0.5)) == pytest.approx((2 * arange_row + single_row) / 3)
+    # labels = arange reproduces the single-positive form
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    assert float(info_nce(a, b, labels=torch.arange(5))) == pytest.approx(float(info_nce(a, b)), rel=1e-12)
+
+
+def test_info_nce_with_labels_matches_a_loop_over_the_multi_positive_formula_in_both_directions():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    tau = 0.1
+
+    def direction(x, y):
+        total = 0.0
+        for i in range(6):
+            scores = [float(F.cosine_similarity(x[i], y[j], dim=0)) / tau for j in range(6)]
+            z = sum(math.exp(s) for s in scores)
+            total += -math.log(sum(math.exp(scores[j]) for j in range(6) if labels[j] == labels[i]) / z)
+        return total / 6
+
+    forward, backward = direction(a, b), direction(b, a)
+    assert float(info_nce(a, b, tau, labels=labels)) == pytest.approx((forward + backward) / 2, rel=1e-10)
+    assert float(info_nce(a, b, tau, symmetric=False, labels=labels)) == pytest.approx(forward, rel=1e-10)
+
+
+def test_task_loss_itc_and_uitc_use_identity_labels_unless_row_positives_are_asked_for():
+    cfg = load_config("dikdnet/demo").loss
+    side = _side_output(b=4, v=1, seed=6, adapted=False)
+    side.view_rgb[1] = side.view_rgb[0]  # an exact duplicate (caption, pair) row
+    side.text[1] = side.text[0]
+    side.text_no_color = side.text.clone()
+    label = torch.tensor([5, 5, 1, 2])
+    rgb, tir = side.view_rgb[:, 0], side.view_tir[:, 0]
+    parts = task_loss(side, label, cfg)
+    assert float(parts["itc_rgb"]) == pytest.approx(float(info_nce(rgb, side.text, labels=label)), rel=1e-6)
+    one_way = info_nce(tir, side.text, symmetric=False, labels=label)
+    assert float(parts["uitc_tir"]) == pytest.approx(float(one_way), rel=1e-6)
+    rows = task_loss(side, label, dataclass_replace(cfg, itc_positives="row"))
+    assert float(rows["itc_rgb"]) == pytest.approx(float(info_nce(rgb, side.text)), rel=1e-6)
+    assert float(rows["itc_rgb"]) > float(parts["itc_rgb"]) + 0.1
 
 
 def test_boundary_loss_is_zero_with_zero_gradient_inside_the_margin():

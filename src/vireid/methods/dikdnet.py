@@ -140,6 +140,11 @@ class TaskLossConfig:
     w_sdm: float = 1.0
     sdm_temperature: float = 0.02
     itc_temperature: float = 0.07
+    itc_positives: Literal["identity", "row"] = "identity"
+    """Positives of ITC/UITC: ``identity`` (every row of the caption's identity, multi-positive InfoNCE) or
+    ``row`` (only the row itself, DCAlign's ``arange`` targets). The P x K sampler puts K captions of an
+    identity in a batch and reuses captions when an identity runs out of pairs, so under ``row`` duplicate
+    and same-identity rows are pushed apart as negatives (review issue 14, item 12)."""
     w_rgb: float = 1.0
     w_tir: float = 1.0
     w_id: float = 0.0
@@ -699,12 +704,17 @@ def task_loss(side: SideOutput, label: torch.Tensor, lc: TaskLossConfig, prefix:
     if lc.w_sdm > 0:
         sdm = similarity_distribution_matching(side.fused, side.text, label, temperature=lc.sdm_temperature)
         parts[f"{prefix}sdm"] = lc.w_sdm * sdm
+    # Deliberate difference from DCAlign's release (arange targets): rows of the same identity are positives
+    # (``loss.itc_positives: identity``), since the P x K sampler puts several of them in every batch.
+    itc_labels = label if lc.itc_positives == "identity" else None
     if lc.w_rgb > 0:
-        parts[f"{prefix}itc_rgb"] = lc.w_rgb * info_nce(rgb, side.text, lc.itc_temperature)
+        itc = info_nce(rgb, side.text, lc.itc_temperature, labels=itc_labels)
+        parts[f"{prefix}itc_rgb"] = lc.w_rgb * itc
     if lc.w_tir > 0:
         # DCAlign: one-way TIR -> colour-free caption, the text side detached (colour is invisible in TIR).
         keys = side.text_no_color if side.text_no_color is not None else side.text
-        parts[f"{prefix}uitc_tir"] = lc.w_tir * info_nce(tir, keys.detach(), lc.itc_temperature, symmetric=False)
+        uitc = info_nce(tir, keys.detach(), lc.itc_temperature, symmetric=False, labels=itc_labels)
+        parts[f"{prefix}uitc_tir"] = lc.w_tir * uitc
     if lc.w_id > 0 and side.logits_image is not None:
         ce = F.cross_entropy(side.logits_image, label) + F.cross_entropy(side.logits_text, label)
         parts[f"{prefix}id"] = lc.w_id * 0.5 * ce

@@ -511,6 +511,18 @@ def test_ikdm_relation_form_averages_the_hinge_over_views():
     assert float(expected) > 0
 
 
+@pytest.mark.parametrize("name", ["dikdnet/rgbt_pedes", "dikdnet/rgbnt201_pedes"])
+def test_paper_scale_configs_use_the_predecessors_adam_eps_and_the_optimiser_gets_it(name):
+    from vireid.engine.optim import ParamGroup, build_optimizer
+
+    cfg = load_config(name)
+    assert cfg.optim.eps == 1e-3  # RGBT-PEDE / IRRA; 1e-8 stays an override (optim.eps=1e-8)
+    optimizer = build_optimizer(cfg.optim, [ParamGroup("encoders", [torch.nn.Parameter(torch.zeros(2))])])
+    assert all(group["eps"] == 1e-3 for group in optimizer.param_groups)
+    assert load_config(name, ["optim.eps=1e-8"]).optim.eps == 1e-8
+    assert load_config("dikdnet/demo").optim.eps == 1e-8  # from-scratch small encoders keep Adam's usual eps
+
+
 def test_test_transform_accepts_one_image_or_a_pair():
     cfg = load_config("dikdnet/demo")
     transform = get_method("dikdnet").test_transform(cfg)

@@ -220,7 +220,9 @@ def _data_defaults() -> DataConfig:
 
 
 def _optim_defaults() -> OptimConfig:
-    return OptimConfig(name="adam", lr=1e-5, weight_decay=4e-5, eps=1e-8, backbone_lr_mult=1.0)
+    # eps 1e-3 as the predecessor (RGBT-PEDE / IRRA): a much gentler fine-tune of pretrained CLIP than Adam's
+    # usual 1e-8 (review issue 14, item 13). The small from-scratch configuration (demo.yaml) sets 1e-8.
+    return OptimConfig(name="adam", lr=1e-5, weight_decay=4e-5, eps=1e-3, backbone_lr_mult=1.0)
 
 
 def _sched_defaults() -> SchedConfig:

@@ -228,6 +228,26 @@ def test_ikdm_loss_runs_over_every_view_and_the_text_gate_selects_rows():
     assert float(ikdm_loss(side, gated)) == pytest.approx(float(expected))
 
 
+def test_reverse_ikdm_term_is_gated_where_tir_matches_the_caption_better():
+    cfg = dataclass_replace(load_config("dikdnet/demo").ikdm, gate="text", reverse_weight=0.5, margin=0.0)
+    side = _side_output(b=6, v=2, seed=7)
+    g = torch.Generator().manual_seed(8)
+    side.ikd_reverse = torch.randn(side.view_rgb.shape, generator=g)
+    d = side.view_rgb.shape[-1]
+    t = side.text.unsqueeze(1)
+    cos_rgb, cos_tir = F.cosine_similarity(t, side.view_rgb, -1), F.cosine_similarity(t, side.view_tir, -1)
+    rgb_better, tir_better = (cos_rgb > cos_tir).reshape(-1), (cos_tir > cos_rgb).reshape(-1)
+    assert bool(rgb_better.any()) and bool(tir_better.any())  # both gates select some rows here
+
+    def hinge(student, target, rows):  # w * max(0, 1 - cos - 0) per row, mean over all rows
+        dist = 1 - F.cosine_similarity(student.reshape(-1, d), target.reshape(-1, d), dim=-1)
+        return float((dist * rows.float()).mean())
+
+    forward = hinge(side.ikd_adapted, side.view_rgb, rgb_better)
+    reverse = hinge(side.ikd_reverse, side.view_tir, tir_better)
+    assert float(ikdm_loss(side, cfg)) == pytest.approx(forward + 0.5 * reverse, rel=1e-6)
+
+
 def dataclass_replace(obj, **changes):
     import dataclasses
 

@@ -725,12 +725,12 @@ def task_loss(side: SideOutput, label: torch.Tensor, lc: TaskLossConfig, prefix:
     return parts
 
 
-def text_gate(text: torch.Tensor, view_rgb: torch.Tensor, view_tir: torch.Tensor) -> torch.Tensor:
-    """``ikdm.gate: text``: (B, V) weights 1[cos(t, h_rgb) > cos(t, h_tir)] (distil where RGB matches better)."""
+def text_gate(text: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``ikdm.gate: text``: (B, V) weights 1[cos(t, h_source) > cos(t, h_target)]: distil source -> target only
+    where the source matches the caption better. The forward term passes (h_rgb, h_tir); the reverse
+    (TIR -> RGB) term passes (h_tir, h_rgb), the opposite condition."""
     t = text.detach().unsqueeze(1)
-    return (
-        F.cosine_similarity(t, view_rgb.detach(), dim=-1) > F.cosine_similarity(t, view_tir.detach(), dim=-1)
-    ).float()
+    return (F.cosine_similarity(t, source.detach(), dim=-1) > F.cosine_similarity(t, target.detach(), dim=-1)).float()
 
 
 def ikdm_loss(side: SideOutput, ik: IKDMConfig) -> torch.Tensor:
@@ -753,8 +753,12 @@ def ikdm_loss(side: SideOutput, ik: IKDMConfig) -> torch.Tensor:
         side.ikd_adapted.reshape(b * v, d), side.view_rgb.reshape(b * v, d), ik.margin, flat_w
     )
     if side.ikd_reverse is not None:
+        # TIR -> RGB: gated where TIR matches the caption better (the forward gate's opposite condition).
+        reverse_w = None
+        if ik.gate == "text":
+            reverse_w = text_gate(side.text, side.view_tir, side.view_rgb).reshape(b * v)
         reverse = boundary_constrained_distill(
-            side.ikd_reverse.reshape(b * v, d), side.view_tir.reshape(b * v, d), ik.margin, flat_w
+            side.ikd_reverse.reshape(b * v, d), side.view_tir.reshape(b * v, d), ik.margin, reverse_w
         )
         loss = loss + ik.reverse_weight * reverse
     if side.ikd_token_dist is not None:

@@ -469,21 +469,26 @@ def test_vocabulary_round_trips_through_the_checkpoint_sidecar(two_stage_run, te
 
 
 def test_teacher_stays_frozen_and_can_be_reused(two_stage_run, text_root, tmp_path):
-    from safetensors.torch import load_file
-
-    from vireid.engine.trainer import train
+    from vireid.engine.loading import load_model
+    from vireid.engine.trainer import Trainer
 
     _cfg, run, _ = two_stage_run
-    before = load_file(str(run / "teacher" / "checkpoints" / "best" / "model.safetensors"))
-    result = train(
-        tiny_cfg(text_root, f"teacher.checkpoint={run / 'teacher'}", "ckdm.token_mse=1.0", "ikdm.student_weight=0.5"),
-        run_dir=tmp_path / "reuse",
-    )
+    cfg = tiny_cfg(text_root, f"teacher.checkpoint={run / 'teacher'}", "ckdm.token_mse=1.0", "ikdm.student_weight=0.5")
+    trainer = Trainer(cfg, run_dir=tmp_path / "reuse")
+    result = trainer.fit()
     assert not (tmp_path / "reuse" / "teacher").exists()
-    after = load_file(str(run / "teacher" / "checkpoints" / "best" / "model.safetensors"))
-    assert all(torch.equal(before[k], after[k]) for k in before)
     logged = (tmp_path / "reuse" / "metrics.jsonl").read_text()
-    assert "ckdm_tokens" in logged and '"ikdm"' in logged
+    assert "ckdm_tokens" in logged and '"ikdm"' in logged  # the teacher was read in every stage-2 step
+    # the method's own teacher after the stage-2 steps: frozen, in eval mode, every parameter and buffer
+    # (the ResNet's BatchNorm running statistics included) bit-identical to the checkpoint it was loaded from
+    teacher = trainer.method_state["teacher"]
+    assert teacher is not trainer.model
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not any(module.training for module in teacher.modules())
+    reference = load_model(run / "teacher", device="cpu").model.state_dict()
+    after = teacher.state_dict()
+    assert set(after) == set(reference) and any("running_mean" in k for k in after)
+    assert all(torch.equal(after[k], reference[k]) for k in reference)
     assert result.best_checkpoint is not None
 
 

@@ -403,6 +403,54 @@ def test_loss_reads_labels_not_row_positions(text_root):
     assert float(again.total) == pytest.approx(float(loss.total), rel=1e-5)
 
 
+def _teacher_step(text_root, *overrides):
+    """One training forward + loss of a tiny teacher side (with autograd)."""
+    cfg = tiny_cfg(text_root, "role=teacher", *overrides)
+    method = get_method("dikdnet")
+    split = get_dataset("rgbt_pedes", str(text_root)).train_split(holdout="none")
+    tl = method.build_train_loader(cfg, split, DistContext())
+    tl.sampler.set_epoch(0)
+    batch = next(iter(tl.loader))
+    torch.manual_seed(0)
+    model = method.build_model(cfg, split.num_classes).train()
+    ctx = StepContext(epoch=0, iteration=0, global_step=0, dist=DistContext(), cfg=cfg)
+    out = method.forward(model, batch, ctx)
+    return cfg, model, out, method.loss(out, batch, ctx)
+
+
+def test_identity_adaptor_puts_the_ikdm_boundary_on_the_raw_tir_features_and_logs_the_tir_gradient(text_root):
+    _cfg, model, out, loss = _teacher_step(text_root, "ikdm.adaptor=identity", "ikdm.margin=0.0", "ikdm.weight=2.0")
+    assert isinstance(model.ikdm_adaptor, torch.nn.Identity)
+    assert not any("ikdm" in name for name, _ in model.named_parameters())
+    tir, rgb = out.view_tir.detach(), out.view_rgb.detach()
+    cos = F.cosine_similarity(tir, rgb, dim=-1)
+    assert float(loss.parts["ikdm"]) == pytest.approx(float(2.0 * (1 - cos).mean()), rel=1e-5)
+    assert float(loss.diagnostics["ikdm_cos_raw"]) == pytest.approx(float(cos.mean()), rel=1e-5, abs=1e-6)
+    # d/dt [2 * mean_n (1 - cos(t_n, r_n))] = -(2/N) (r/(|t||r|) - cos * t/|t|^2), N = B * V rows
+    n = cos.numel()
+    tn, rn = tir.norm(dim=-1, keepdim=True), rgb.norm(dim=-1, keepdim=True)
+    grad = -(2.0 / n) * (rgb / (tn * rn) - cos.unsqueeze(-1) * tir / tn**2)
+    assert float(loss.diagnostics["ikdm_grad_tir"]) == pytest.approx(float(grad.norm()), rel=1e-4)
+    assert "ikdm_cos_raw" not in loss.parts  # diagnostics are not terms of the loss
+    total = sum(float(v) for v in loss.parts.values())
+    assert float(loss.total.detach()) == pytest.approx(total, rel=1e-6)
+    assert loss.scalars()["ikdm_grad_tir"] == pytest.approx(float(grad.norm()), rel=1e-4)
+
+
+def test_mlp_adaptor_gradient_diagnostic_goes_through_the_adaptor_and_vanishes_inside_the_boundary(text_root):
+    _cfg, model, out, loss = _teacher_step(text_root)  # adaptor mlp, margin 0.2, weight 1
+    tir = out.view_tir.detach().requires_grad_(True)
+    adapted = model.ikdm_adaptor(tir)
+    reference = boundary_constrained_distill(adapted.flatten(0, 1), out.view_rgb.detach().flatten(0, 1), 0.2)
+    (grad,) = torch.autograd.grad(reference, tir)
+    assert float(grad.norm()) > 0
+    assert float(loss.diagnostics["ikdm_grad_tir"]) == pytest.approx(float(grad.norm()), rel=1e-4)
+    cos_adapted = F.cosine_similarity(adapted.detach(), out.view_rgb.detach(), dim=-1).mean()
+    assert float(loss.diagnostics["ikdm_cos_adapted"]) == pytest.approx(float(cos_adapted), rel=1e-5, abs=1e-6)
+    _cfg, _model, _out, off = _teacher_step(text_root, "ikdm.margin=2.0")  # everything inside the boundary
+    assert float(off.diagnostics["ikdm_grad_tir"]) == 0.0
+
+
 @pytest.fixture(scope="module")
 def two_stage_run(text_root, tmp_path_factory):
     from vireid.engine.trainer import train
@@ -424,7 +472,9 @@ def test_two_stage_run_trains_teachers_as_a_nested_run_then_students(two_stage_r
     parts = set().union(*(r.keys() for r in logged if r["kind"] == "train"))
     assert {"sdm", "mlm", "ckdm_rel", "ckdm_rep"} <= parts
     teacher_log = [json.loads(line) for line in (run / "teacher" / "metrics.jsonl").read_text().splitlines()]
-    assert any("ikdm" in r for r in teacher_log if r["kind"] == "train")
+    teacher_train = [r for r in teacher_log if r["kind"] == "train"]
+    assert teacher_train and all("ikdm" in r and -1.0 <= r["ikdm_cos_raw"] <= 1.0 for r in teacher_train)
+    assert any(r["ikdm_grad_tir"] > 0 for r in teacher_train)
 
 
 def test_student_checkpoint_holds_no_teacher_and_inference_needs_none(two_stage_run, text_root):

@@ -171,6 +171,10 @@ class IKDMConfig:
     margin: float = 0.2
     """m: no loss and no gradient while 1 - cos(A(h_tir), h_rgb) <= m. 0 = plain distillation; >= 2 = off."""
     gate: Literal["none", "text"] = "none"
+    adaptor: Literal["mlp", "identity"] = "mlp"
+    """A: ``mlp`` (Linear-GELU-Linear, the spec) or ``identity`` (the hinge acts on h_tir itself). With ``mlp``
+    the adaptor alone can move A(h_tir) inside the boundary without changing the TIR encoder; the logged
+    ``ikdm_cos_raw`` and ``ikdm_grad_tir`` show whether it does (review issue 14, item 17)."""
     tokens: bool = False
     """Also distil intermediate token maps (ResNet layer2-4 / ViT blocks 4, 8, 12), one adaptor each."""
     reverse_weight: float = 0.0
@@ -282,6 +286,10 @@ class SideOutput:
         mlm_nll, mlm_count: (B,) summed MLM negative log-likelihood and number of MLM targets per row.
         ikd_adapted: (B, V, d) A(h_tir) (IKDM feature form); ``ikd_reverse`` (B, V, d) A'(h_rgb) (beta > 0).
         ikd_token_dist: (B, V) token-level hinge, averaged over tokens and layers (``ikdm.tokens``).
+        ikd_tir_source: ``(h_tir,)``, the (B, V, d) TIR features exactly as the IKDM adaptor received them in
+            the forward pass, kept so that the loss can measure the gradient IKDM sends into the TIR encoder.
+            Wrapped in a tuple on purpose: the engine gathers and casts per-row tensor fields, which would cut
+            the copy it hands to the loss from the adaptor's graph.
         anchor_tokens: (B, 1 + N, d) the anchor view's fused tokens (teacher targets of ``ckdm.token_mse``), or
             the student's projected ones.
     """
@@ -298,6 +306,7 @@ class SideOutput:
     ikd_adapted: torch.Tensor | None = None
     ikd_reverse: torch.Tensor | None = None
     ikd_token_dist: torch.Tensor | None = None
+    ikd_tir_source: tuple[torch.Tensor, ...] | None = None
     anchor_tokens: torch.Tensor | None = None
 
 
@@ -326,6 +335,7 @@ class DIKDNetOutput:
     ikd_adapted: torch.Tensor | None = None
     ikd_reverse: torch.Tensor | None = None
     ikd_token_dist: torch.Tensor | None = None
+    ikd_tir_source: tuple[torch.Tensor, ...] | None = None
     anchor_tokens: torch.Tensor | None = None
     teacher_text: torch.Tensor | None = None
     teacher_fused: torch.Tensor | None = None
@@ -339,6 +349,7 @@ class DIKDNetOutput:
     teacher_ikd_adapted: torch.Tensor | None = None
     teacher_ikd_reverse: torch.Tensor | None = None
     teacher_ikd_token_dist: torch.Tensor | None = None
+    teacher_ikd_tir_source: tuple[torch.Tensor, ...] | None = None
     teacher_anchor_tokens: torch.Tensor | None = None
 
     @classmethod
@@ -365,14 +376,17 @@ class SideOptions:
     identity: bool = False
     mlm: bool = False
     ikdm_feature: bool = False
+    ikdm_adaptor: str = "mlp"
     ikdm_reverse: bool = False
     ikdm_tokens: bool = False
     ikdm_margin: float = 0.2
     token_projector: bool = False
 
 
-def _adaptor(dim: int) -> nn.Sequential:
-    """IKDM adaptor A: Linear(d, d) - GELU - Linear(d, d) (training only)."""
+def _adaptor(dim: int, kind: str = "mlp") -> nn.Module:
+    """IKDM adaptor A (training only): ``mlp`` Linear(d, d) - GELU - Linear(d, d), or ``identity``."""
+    if kind == "identity":
+        return nn.Identity()
     return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
 
@@ -419,11 +433,12 @@ class DIKDNetSide(nn.Module):
         self.mlm = None
         if options.mlm:
             self.mlm = CrossModalMLMHead(embed_dim, self.tokenizer.vocab_size, mlm_heads, mlm_layers)
-        self.ikdm_adaptor = _adaptor(embed_dim) if options.ikdm_feature else None
-        self.ikdm_reverse_adaptor = _adaptor(embed_dim) if options.ikdm_reverse else None
+        kind = options.ikdm_adaptor
+        self.ikdm_adaptor = _adaptor(embed_dim, kind) if options.ikdm_feature else None
+        self.ikdm_reverse_adaptor = _adaptor(embed_dim, kind) if options.ikdm_reverse else None
         self.ikdm_token_adaptors = None
         if options.ikdm_tokens:
-            self.ikdm_token_adaptors = nn.ModuleList(_adaptor(c) for c in rgb_encoder.layer_channels)
+            self.ikdm_token_adaptors = nn.ModuleList(_adaptor(c, kind) for c in rgb_encoder.layer_channels)
         self.token_projector = nn.Linear(embed_dim, embed_dim) if options.token_projector else None
 
     @property
@@ -489,6 +504,7 @@ class DIKDNetSide(nn.Module):
             out.mlm_nll, out.mlm_count = self._mlm(batch, anchor_tokens)
         if self.ikdm_adaptor is not None:
             out.ikd_adapted = self.ikdm_adaptor(view_tir)
+            out.ikd_tir_source = (view_tir,)
         if self.ikdm_reverse_adaptor is not None:
             out.ikd_reverse = self.ikdm_reverse_adaptor(view_rgb)
         if self.ikdm_token_adaptors is not None:
@@ -657,6 +673,7 @@ def side_options(cfg: DIKDNetConfig, role: str) -> SideOptions:
         identity=lc.w_id > 0,
         mlm=lc.w_mlm > 0,
         ikdm_feature=ikdm_on and ik.form == "feature",
+        ikdm_adaptor=ik.adaptor,
         ikdm_reverse=ikdm_on and ik.form == "feature" and ik.reverse_weight > 0,
         ikdm_tokens=ikdm_on and ik.form == "feature" and ik.tokens,
         ikdm_margin=ik.margin,
@@ -765,6 +782,35 @@ def ikdm_loss(side: SideOutput, ik: IKDMConfig) -> torch.Tensor:
         token = side.ikd_token_dist if weights is None else side.ikd_token_dist * weights
         loss = loss + token.mean()
     return loss
+
+
+def ikdm_diagnostics(side: SideOutput, weighted_loss: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+    """What IKDM does to the TIR encoder, logged with the losses (review issue 14, item 17).
+
+    - ``ikdm_cos_raw``: mean over rows and views of cos(h_tir, h_rgb), the raw features (no adaptor).
+    - ``ikdm_cos_adapted``: mean cos(A(h_tir), h_rgb), what the boundary sees (feature form only).
+    - ``ikdm_grad_tir``: the L2 norm, over the whole (B, V, d) tensor, of the gradient of ``weighted_loss``
+      (lambda * L_IKD) with respect to the TIR encoder's output features h_tir: the signal IKDM sends into the
+      TIR encoder. Computed only when the loss has a graph (training). The CLS terms only: the token form's
+      hinge enters the encoder at intermediate layers and is not included.
+
+    With ``ikdm.adaptor: mlp`` a rising ``ikdm_cos_adapted`` next to a flat ``ikdm_cos_raw`` and a vanishing
+    ``ikdm_grad_tir`` means the adaptor satisfies the boundary alone. Returns detached scalars.
+    """
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        out[f"{prefix}ikdm_cos_raw"] = F.cosine_similarity(side.view_tir.float(), side.view_rgb.float(), dim=-1).mean()
+        if side.ikd_adapted is not None:
+            adapted = F.cosine_similarity(side.ikd_adapted.float(), side.view_rgb.float(), dim=-1)
+            out[f"{prefix}ikdm_cos_adapted"] = adapted.mean()
+    # The feature form's adaptor consumed the forward pass's h_tir (ikd_tir_source); the relation form reads
+    # side.view_tir itself.
+    source = side.ikd_tir_source[0] if side.ikd_tir_source else side.view_tir
+    if weighted_loss.requires_grad and source.requires_grad:
+        (grad,) = torch.autograd.grad(weighted_loss, source, retain_graph=True, allow_unused=True)
+        norm = source.new_zeros((), dtype=torch.float32) if grad is None else grad.float().norm()
+        out[f"{prefix}ikdm_grad_tir"] = norm.detach()
+    return out
 
 
 def _cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -1087,24 +1133,30 @@ class DIKDNetMethod:
         label = batch.label
         main, teacher = out.main(), out.teacher()
         parts = task_loss(main, label, cfg.loss)
+        diagnostics: dict[str, torch.Tensor] = {}
+
+        def add_ikdm(side: SideOutput, weight: float, prefix: str) -> None:
+            parts[f"{prefix}ikdm"] = weight * ikdm_loss(side, cfg.ikdm)
+            diagnostics.update(ikdm_diagnostics(side, parts[f"{prefix}ikdm"], prefix))
+
         if cfg.role == "teacher":
             if cfg.ikdm.weight > 0:
-                parts["ikdm"] = cfg.ikdm.weight * ikdm_loss(main, cfg.ikdm)
+                add_ikdm(main, cfg.ikdm.weight, "")
         else:
             if cfg.schedule == "online" and teacher is not None:
                 parts.update(task_loss(teacher, label, cfg.loss, prefix="teacher_"))
                 if cfg.ikdm.weight > 0:
-                    parts["teacher_ikdm"] = cfg.ikdm.weight * ikdm_loss(teacher, cfg.ikdm)
+                    add_ikdm(teacher, cfg.ikdm.weight, "teacher_")
                 if ctx.epoch >= cfg.ckdm.online_start_epoch:
                     parts.update(ckdm_losses(main, teacher, cfg.ckdm))
             elif teacher is not None:
                 parts.update(ckdm_losses(main, teacher, cfg.ckdm))
             if cfg.ikdm.student_weight > 0:
-                parts["ikdm"] = cfg.ikdm.student_weight * ikdm_loss(main, cfg.ikdm)
+                add_ikdm(main, cfg.ikdm.student_weight, "")
         if not parts:
             raise ConfigError("every DIKDNet loss weight is 0; nothing would be trained.")
         total = torch.stack(list(parts.values())).sum()
-        return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()})
+        return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()}, diagnostics=diagnostics)
 
     def checkpoint_extra(self, trainer) -> dict[str, Any]:
         """The tokeniser (a tiny encoder's vocabulary) and the stage, stored in the checkpoint sidecar."""

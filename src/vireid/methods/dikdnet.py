@@ -99,6 +99,10 @@ class ImageEncoderConfig:
 
 @dataclass
 class ClipWeightsConfig:
+    arch: str = "ViT-B-16"
+    """open_clip architecture of the CLIP towers: ViT-B-16 (the paper's, d = 512). Smaller OpenAI-style ones
+    (e.g. ViT-S-32-alt, d = 256, with ``load: false``) serve tests and quick checks; ``model.embed_dim`` must
+    equal the architecture's embedding width."""
     weights: str | None = None
     """OpenAI ViT-B-16.pt or an open_clip weight file; unset = search the caches (never downloads)."""
     load: bool = True
@@ -624,14 +628,15 @@ def _encoders(cfg: DIKDNetConfig, tokenizer) -> tuple[nn.Module, nn.Module, nn.M
     m = cfg.model
     clip_model = None
     if m.text.name == "clip" or m.image.name == "clip":
-        from vireid.models.clip import load_clip
+        from vireid.models.clip import clip_embed_dim, load_clip
 
-        if m.embed_dim != 512:
+        width = clip_embed_dim(m.clip.arch)
+        if m.embed_dim != width:
             raise ConfigError(
-                f"model.embed_dim={m.embed_dim}, but CLIP ViT-B/16 towers produce 512-d features.",
-                fix="set model.embed_dim=512 with CLIP encoders.",
+                f"model.embed_dim={m.embed_dim}, but the CLIP {m.clip.arch} towers produce {width}-d features.",
+                fix=f"set model.embed_dim={width} with model.clip.arch={m.clip.arch}.",
             )
-        clip_model = load_clip(m.clip.weights, pretrained=m.clip.load)
+        clip_model = load_clip(m.clip.weights, pretrained=m.clip.load, arch=m.clip.arch)
     if m.text.name == "tiny":
         from vireid.models.text.tiny import TinyTextEncoder
 

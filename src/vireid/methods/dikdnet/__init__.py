@@ -25,7 +25,8 @@ inference still uses the student); ``schedule: student_only`` trains the student
 Modules: :mod:`~vireid.methods.dikdnet.config` (run configuration), :mod:`~vireid.methods.dikdnet.networks`
 (sides and their outputs), :mod:`~vireid.methods.dikdnet.building` (tokenisers, encoders, sides),
 :mod:`~vireid.methods.dikdnet.losses` (task, IKDM, CKDM), :mod:`~vireid.methods.dikdnet.inference` (test
-transform, embedder), :mod:`~vireid.methods.dikdnet.method` (engine hooks and stage wiring). The names below
+transform, embedder), :mod:`~vireid.methods.dikdnet.stages` (teachers and stages: views per stage, the nested
+teacher run, freezing), :mod:`~vireid.methods.dikdnet.method` (the engine hooks). The names below
 are re-exported so that ``vireid.methods.dikdnet`` stays the public import path.
 """
 
@@ -56,8 +57,15 @@ from vireid.methods.dikdnet.config import (
 )
 from vireid.methods.dikdnet.inference import PairOrImageTestTransform, TextPairEmbedder
 from vireid.methods.dikdnet.losses import ckdm_losses, ikdm_diagnostics, ikdm_loss, task_loss, text_gate
-from vireid.methods.dikdnet.method import TEACHER_RUN, DIKDNetMethod, loader_views, teacher_stage_config
+from vireid.methods.dikdnet.method import DIKDNetMethod
 from vireid.methods.dikdnet.networks import DIKDNetOutput, DIKDNetSide, OnlineDIKDNet, SideOptions, SideOutput
+from vireid.methods.dikdnet.stages import (
+    TEACHER_RUN,
+    loader_views,
+    start_stage_two,
+    teacher_stage_config,
+    trained_teacher,
+)
 
 METHOD = DIKDNetMethod()
 
@@ -93,9 +101,11 @@ __all__ = [
     "initialise_from",
     "loader_views",
     "side_options",
+    "start_stage_two",
     "task_loss",
     "teacher_stage_config",
     "text_gate",
     "tokenizer_from_state",
+    "trained_teacher",
     "training_captions",
 ]

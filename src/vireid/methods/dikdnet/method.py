@@ -1,10 +1,9 @@
-"""The engine hooks of DIKDNet: building, optimiser groups, the paired loader, the two-stage wiring
-(teachers trained as a nested run, then frozen), forward and loss (method-dikdnet.md 5.6)."""
+"""The engine hooks of DIKDNet: building, optimiser groups, the paired loader, the stage hook (the stages
+themselves are in :mod:`vireid.methods.dikdnet.stages`), forward and loss (method-dikdnet.md 5.6)."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from vireid.methods.dikdnet.building import (
     build_side,
     build_tokenizer,
     caption_texts,
-    initialise_from,
     tokenizer_from_state,
     training_captions,
 )
@@ -27,26 +25,7 @@ from vireid.methods.dikdnet.config import DIKDNetConfig
 from vireid.methods.dikdnet.inference import PairOrImageTestTransform, TextPairEmbedder
 from vireid.methods.dikdnet.losses import ckdm_losses, ikdm_diagnostics, ikdm_loss, task_loss
 from vireid.methods.dikdnet.networks import DIKDNetOutput, OnlineDIKDNet, SideOutput
-
-logger = logging.getLogger(__name__)
-
-TEACHER_RUN = "teacher"
-"""Folder of the nested stage-1 (teacher) run inside a two-stage run folder."""
-
-
-def _uses_teacher_targets(cfg: DIKDNetConfig) -> bool:
-    """Stage 2 reads the frozen teacher's outputs only when some CKDM term is on."""
-    ck = cfg.ckdm
-    return ck.relation_weight > 0 or ck.representation_weight > 0 or ck.token_mse > 0
-
-
-def loader_views(cfg: DIKDNetConfig) -> int:
-    """Pairs per training sample: V for teachers (stage 1, online, or stage 2 when CKDM reads them), else 1."""
-    if cfg.role == "teacher" or cfg.schedule == "online":
-        return cfg.teacher.views
-    if cfg.schedule == "two_stage" and _uses_teacher_targets(cfg):
-        return cfg.teacher.views
-    return 1
+from vireid.methods.dikdnet.stages import TEACHER_RUN, loader_views, start_stage_two, uses_teacher_targets
 
 
 class DIKDNetMethod:
@@ -173,63 +152,7 @@ class DIKDNetMethod:
             raise TrainingError("the model's tokeniser differs from the training loader's; the split changed.")
         if cfg.role == "teacher" or cfg.schedule != "two_stage":
             return
-        teacher = self._trained_teacher(trainer)
-        if teacher.tokenizer != model.tokenizer:
-            raise ConfigError(
-                "the teacher's tokeniser (vocabulary) differs from the student's, so the teacher was trained on "
-                "other captions.",
-                fix="train the teacher on the same data (or leave teacher.checkpoint unset).",
-            )
-        teacher.requires_grad_(False)
-        teacher.eval()
-        trainer.method_state["teacher"] = teacher
-        if cfg.student.init == "teacher":
-            copied = initialise_from(model, teacher)
-            logger.info("student initialised from the teacher (%d tensors)", copied)
-        if trainer.ckpt.last() is None:
-            # A checkpoint at (epoch 0, iteration 0) makes a run interrupted before its first own checkpoint
-            # resumable: `--resume` then finds it after the teacher stage is complete.
-            trainer.save(0, 0)
-
-    def _trained_teacher(self, trainer) -> nn.Module:
-        from vireid.engine.checkpoint import load_checkpoint
-        from vireid.engine.loading import load_model
-        from vireid.engine.trainer import Trainer
-
-        cfg: DIKDNetConfig = trainer.cfg
-        device = trainer.dist.device
-        if cfg.teacher.checkpoint:
-            lm = load_model(cfg.teacher.checkpoint, device=device)
-            if lm.meta.get("method") != self.name or lm.cfg.role != "teacher":
-                raise ConfigError(
-                    f"teacher.checkpoint={cfg.teacher.checkpoint} is not a DIKDNet teacher (role: teacher) checkpoint.",
-                    fix="point it to the <run>/teacher folder of a two-stage run.",
-                )
-            return lm.model
-        run_dir = Path(trainer.run_dir) / TEACHER_RUN
-        teacher_cfg = teacher_stage_config(cfg)
-        done = False
-        started = (run_dir / "checkpoints" / "last.json").is_file()
-        if started:
-            meta = load_checkpoint(run_dir, prefer="last").meta
-            done = int(meta.get("epoch", -1)) >= teacher_cfg.train.epochs
-        if not done:
-            trainer.logger.print(f"[bold]stage 1/2[/]: training the teachers in {run_dir}")
-            result = Trainer(
-                teacher_cfg,
-                run_dir=None if started else run_dir,
-                resume=run_dir if started else None,
-                device=str(device),
-                console=trainer.logger.console,
-            ).fit()
-            if result.interrupted:
-                raise TrainingError(
-                    f"stage 1 (teachers) stopped at global step {result.global_step} before finishing.",
-                    fix=f"continue both stages with `vireid train {Path(trainer.run_dir) / 'config.yaml'} "
-                    f"--resume {trainer.run_dir}`.",
-                )
-        trainer.logger.print(f"[bold]stage 2/2[/]: training the students (teachers from {run_dir})")
-        return load_model(run_dir, device=device).model
+        start_stage_two(trainer, self.name)
 
     # ----------------------------------------------------------------------------------------- training
     def forward(self, model, batch: TextPairBatch, ctx: StepContext) -> DIKDNetOutput:
@@ -240,7 +163,7 @@ class DIKDNetMethod:
             teacher_out, student_out = model(batch, views=cfg.teacher.views)
             return DIKDNetOutput.from_sides(student_out, teacher_out)
         student_out = model(batch, views=1)
-        if cfg.schedule == "student_only" or not _uses_teacher_targets(cfg):
+        if cfg.schedule == "student_only" or not uses_teacher_targets(cfg):
             return DIKDNetOutput.from_sides(student_out)
         teacher = ctx.extras.get("teacher")
         if teacher is None:
@@ -297,13 +220,3 @@ class DIKDNetMethod:
         return PairOrImageTestTransform(
             cfg.data.height, cfg.data.width, normalization=cfg.aug.normalization, interpolation=cfg.aug.interpolation
         )
-
-
-def teacher_stage_config(cfg: DIKDNetConfig) -> DIKDNetConfig:
-    """The stage-1 config of a two-stage run: the same settings with ``role: teacher`` and
-    ``teacher.epochs`` epochs (run name and folder are chosen by the caller)."""
-    return dataclasses.replace(
-        cfg,
-        role="teacher",
-        train=dataclasses.replace(cfg.train, epochs=cfg.teacher.epochs, name=None),
-    )

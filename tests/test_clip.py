@@ -56,6 +56,7 @@ def test_text_encoder_feature_is_open_clips_encode_text(small_clip):
 
 def _clip_batch(tokenizer, height, width):
     ids = tokenizer.encode(CAPTIONS)
+    assert bool((ids.ids == 49407).any(dim=1).all())  # every caption keeps its EOT
     corrupted, labels = mask_for_mlm(ids.ids, tokenizer, 0.5, torch.Generator().manual_seed(0))
     return TextPairBatch(
         images=torch.randn(2, 2, 2, 3, height, width, generator=torch.Generator().manual_seed(2)),

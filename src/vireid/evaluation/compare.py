@@ -351,6 +351,7 @@ def _difference(first: ResultGroup, other: ResultGroup, metrics: Sequence[str]) 
     # Fewer than two shared seeds: pair the trials of one run of each (the same seed where one is shared).
     if pairs:
         a, b = pairs[0]
+        how = f"by trial of the one run each shares (training seed {a.seed})" if a.seed is not None else how
     else:
         a, b = first.runs[0], other.runs[0]
         how = "by trial of the first run of each result (no common seed)"

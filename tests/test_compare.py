@@ -153,6 +153,10 @@ def test_trial_sets_must_match_and_metrics_must_exist(tmp_path):
         compare_results([str(a), str(b)])
     with pytest.raises(ProtocolError, match="unknown metric"):
         compare_results([str(a)], metrics=["R1", "R100"])
+    not_a_result = tmp_path / "notes.json"
+    not_a_result.write_text('{"rank1": 40.0}')
+    with pytest.raises(DataError, match="not a protocol result"):
+        load_result_group(str(not_a_result))
     with pytest.raises(DataError, match="matches nothing"):
         load_result_group(f"{tmp_path}/missing_*")
     write_result(tmp_path / "dup1", _trial_values(3), train_seed=4)

@@ -59,6 +59,13 @@ def test_quick_ladder_runs_then_resumes_without_rerunning(ladder, tmp_path, caps
     records = {row: json.loads(path.read_text()) for row, path in done.items()}
     for record in records.values():
         assert record["steps"] == 2 and 0.0 <= record["result"]["R1"] <= 100.0
+    # `vireid test` records what `vireid compare` needs: the training seed and which synthetic set was scored.
+    result = json.loads((done["agw"].parent / "test" / "sysu.all.single.random.json").read_text())
+    assert result["metadata"]["train_seed"] == 0 and result["metadata"]["dataset"] == "sysu"
+    assert (
+        result["metadata"]["data_identity"].startswith("sysu:synthetic(layout=sysu,")
+        and "seed=0" in (result["metadata"]["data_identity"])
+    )
     table = (out / "tables" / "idkl" / "comparison.md").read_text()
     assert "| idkl_full | 1 run" in table and "| agw | trial (2) |" in table
     assert "about" in printed and "h of CPU" in printed  # the planned budget is printed

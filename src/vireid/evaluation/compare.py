@@ -145,6 +145,22 @@ def _result_files(folder: Path) -> list[Path]:
     return sorted(p for p in nested[0].glob("*.json") if _is_result_json(p)) if nested else []
 
 
+def _followed(path: Path) -> Path:
+    """A result JSON itself, or the full result a ``vireid demo`` ``results.json`` points to."""
+    if _is_result_json(path):
+        return path
+    try:
+        pointer = json.loads(path.read_text(encoding="utf-8")).get("result_file")
+    except (OSError, ValueError, AttributeError):
+        pointer = None
+    if isinstance(pointer, str) and _is_result_json(path.parent / pointer):
+        return path.parent / pointer
+    raise DataError(
+        f"{path} is not a protocol result written by `vireid test` (no protocol_id, metadata and trials).",
+        fix="give the result JSON of `vireid test` (<protocol>.json) or the folder that holds it.",
+    )
+
+
 def _seed_of(data: Mapping[str, Any]) -> int | None:
     meta = data.get("metadata", {})
     if meta.get("train_seed") is not None:
@@ -215,7 +231,7 @@ def load_result_group(spec: str, *, protocol: str | None = None, label: str | No
         label, spec = spec.split("=", 1)
     runs: list[SeedRun] = []
     for path in _expand(spec):
-        files = [path] if path.is_file() else _result_files(path)
+        files = [_followed(path)] if path.is_file() else _result_files(path)
         if not files:
             raise DataError(
                 f"{path} holds no protocol result (no JSON written by `vireid test`).",

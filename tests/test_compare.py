@@ -159,6 +159,9 @@ def test_trial_sets_must_match_and_metrics_must_exist(tmp_path):
         load_result_group(str(not_a_result))
     with pytest.raises(DataError, match="matches nothing"):
         load_result_group(f"{tmp_path}/missing_*")
+    # RegDB results combine one model per trial: a seed list is one seed only when all agree.
+    assert load_result_group(str(write_result(tmp_path / "r1", _trial_values(3), train_seed=[2, 2]))).seeds == [2]
+    assert load_result_group(str(write_result(tmp_path / "r2", _trial_values(3), train_seed=[1, 2]))).seeds == [None]
     write_result(tmp_path / "dup1", _trial_values(3), train_seed=4)
     write_result(tmp_path / "dup2", _trial_values(4), train_seed=4)
     with pytest.raises(DataError, match="same training seed"):

@@ -163,8 +163,11 @@ def _followed(path: Path) -> Path:
 
 def _seed_of(data: Mapping[str, Any]) -> int | None:
     meta = data.get("metadata", {})
-    if meta.get("train_seed") is not None:
-        return int(meta["train_seed"])
+    seed = meta.get("train_seed")
+    if isinstance(seed, list):  # RegDB: one model per trial, possibly trained with different seeds
+        return int(seed[0]) if len(set(seed)) == 1 else None
+    if seed is not None:
+        return int(seed)
     # Results written before train_seed was recorded: read it from the evaluated checkpoint, if still there.
     checkpoint = meta.get("checkpoint")
     if isinstance(checkpoint, str):

@@ -1,9 +1,9 @@
 """`vireid pretrain`: a synthetic identity-classification start that every ResNet network loads by path.
 
-One tiny pretraining run (a generated 12-identity set at 32x16, width 8, 3 steps) is shared by the tests. The
-file must load into the AGW, IDKL and DAKD networks through ``model.pretrained=PATH`` (the route an ImageNet
-file takes), and every pretrained tensor must arrive unchanged in every copy the network makes of it (both AGW
-stems, both IDKL branches).
+One tiny pretraining run (a generated 12-identity set at 32x16, width 8, 40 steps of 16 images) is shared by
+the tests. The file must load into the AGW, IDKL and DAKD networks through ``model.pretrained=PATH`` (the
+route an ImageNet file takes), and every pretrained tensor must arrive unchanged in every copy the network
+makes of it (both AGW stems, both IDKL branches).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ TINY = PretrainOptions(
     data_seed=1000,
     height=32,
     image_width=16,
-    steps=3,
-    batch_size=8,
+    steps=40,
+    batch_size=16,
+    lr=3e-3,
     images_per_camera=(1, 2),
 )
 NET = ["model.backbone=resnet18", "model.width=8", "data.height=32", "data.width=16"]
@@ -64,6 +65,9 @@ def test_pretraining_writes_trained_backbone_and_sidecar_and_is_reused(pretraine
     meta = json.loads(pretrained.sidecar.read_text())
     assert meta["kind"] == "vireid.synthetic_pretrain" and (meta["backbone"], meta["width"]) == ("resnet18", 8)
     assert meta["data_generator"]["seed"] == 1000 and meta["num_classes"] == 12
+    # It learns: measured when written, loss 2.05 and 37.5% accuracy over the last 4 steps, against
+    # ln(12) = 2.48 and 8.3% for a network that has learnt nothing (bounds leave room for platform noise).
+    assert meta["final_loss"] < 2.48 - 0.2 and meta["train_accuracy"] > 2 / 12
     # Training moved the weights away from a fresh initialisation of the same seed.
     from vireid.config import ModelConfig
     from vireid.models.resnet import build_backbone

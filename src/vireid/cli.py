@@ -153,6 +153,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vireid.evaluation.compare import compare_results
+
+    comparison = compare_results(args.results, metrics=args.metrics, protocol=args.protocol)
+    print(comparison.markdown())
+    if args.out:
+        paths = comparison.save(args.out)
+        print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from vireid.engine.pretrain import PretrainOptions, pretrain_backbone
+
+    options = PretrainOptions(
+        backbone=args.backbone,
+        width=args.width,
+        num_ids=args.ids,
+        data_seed=args.data_seed,
+        height=args.size[0],
+        image_width=args.size[1],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    report = pretrain_backbone(args.out, options, data=args.data)
+    print(report.describe())
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -241,6 +273,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="synthetic data folder (default: <out>/data)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare evaluated results: mean ± std, paired differences with 95% CIs, CMC overlay",
+        description="The first result is the reference. A RESULT is a `vireid test` or `vireid demo` folder, a "
+        "result JSON, or a quoted glob of the seed runs of one configuration ('runs/idkl_seed*'); prefix "
+        "LABEL= to name it. The interval is over seeds when two results share at least two seeds, otherwise "
+        "over trials (see docs/evaluation.md).",
+    )
+    p.add_argument("results", nargs="+", metavar="RESULT")
+    p.add_argument("--metrics", nargs="+", default=["R1", "mAP", "mINP"], help="default: R1 mAP mINP")
+    p.add_argument("--protocol", default=None, help="protocol id, when a folder holds several")
+    p.add_argument("--out", default=None, metavar="DIR", help="write comparison.md/.json and comparison_cmc.png")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone as an identity classifier on a large synthetic set (a stand-in for ImageNet)",
+        description="Generates (or reuses) a synthetic SYSU-layout set with its own generator seed, trains the "
+        "ResNet as a visible+infrared identity classifier and writes OUT/backbone.safetensors, loadable by "
+        "every ResNet config with model.pretrained=OUT/backbone.safetensors.",
+    )
+    p.add_argument("--out", required=True, help="output folder (backbone.safetensors + backbone.json)")
+    p.add_argument("--data", default=None, help="synthetic set folder (default: OUT/data, generated if absent)")
+    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--width", type=int, default=32, help="ResNet stem width (64 = torchvision); default 32")
+    p.add_argument("--ids", type=int, default=1000, help="identities of the generated set (default 1000)")
+    p.add_argument("--data-seed", type=int, default=1000, help="generator seed; keep it off the benchmark's")
+    p.add_argument("--size", type=_size, default=(96, 48), help="image size HxW (default 96x48)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.set_defaults(handler=cmd_pretrain)
 
     p = sub.add_parser("index", help="extract gallery features from a folder of images into an index file")
     p.add_argument("checkpoint")

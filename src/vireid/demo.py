@@ -140,6 +140,13 @@ def run_demo(
         "chance_mINP": chance["mINP"],
         "trials": len(trials),
         "reranked": False,
+        # For `vireid compare`: the facts that decide comparability, the per-trial values, and the full result.
+        "dataset": result.metadata.get("dataset"),
+        "data_identity": result.metadata.get("data_identity"),
+        "rerank": result.metadata.get("rerank", "none"),
+        "train_seed": result.metadata.get("train_seed"),
+        "per_trial": [{"index": t.index, **t.percent} for t in result.trials],
+        "result_file": str(Path("test") / f"{result.protocol_id}.json"),
         "selection": lm.meta.get("selection"),
         "seconds": round(time.perf_counter() - start, 1),
         "data": str(data_dir),

@@ -118,7 +118,16 @@ def test_checkpoint(
             selection_split=selection,
         )
         paths = [str(m.path) for m in models]
-        result = result.with_metadata(checkpoint=paths[0] if len(paths) == 1 else paths, method=lm.meta.get("method"))
+        seeds = sorted({m.cfg.train.seed for m in models})
+        # Facts `vireid compare` needs to pair results by seed and to refuse results on other data.
+        result = result.with_metadata(
+            checkpoint=paths[0] if len(paths) == 1 else paths,
+            method=lm.meta.get("method"),
+            train_seed=seeds[0] if len(seeds) == 1 else seeds,
+            dataset=result.metadata.get("dataset", name),
+            data_root=str(Path(data_root).resolve()) if data_root else None,
+            data_identity=data_identity(name, data_root),
+        )
         console.print(result.table())
         result.save(out_dir)
         if visualize:
@@ -134,6 +143,20 @@ def test_checkpoint(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"results written to {out_dir}")
     return results
+
+
+def data_identity(dataset: str, root: str | Path | None) -> str:
+    """What the evaluated data is, independent of where it lies: the dataset name, plus the generator settings
+    for a synthetic set (two synthetic SYSU sets of other seeds or sizes are different data)."""
+    from vireid.data.synthetic.layouts import read_marker
+
+    marker = read_marker(root) if root else None
+    if not marker:
+        return dataset
+    options = dict(marker.get("options", {}))
+    options.pop("workers", None)  # does not change the output
+    settings = ",".join(f"{k}={options[k]}" for k in sorted(options))
+    return f"{dataset}:synthetic(layout={marker.get('layout')},v{marker.get('generator_version')},{settings})"
 
 
 def _regdb_trial(lm: LoadedModel) -> int:

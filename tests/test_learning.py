@@ -7,6 +7,7 @@ transforms, the optimiser, the protocol) even though every unit test of the part
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_quick_demo_writes_results_and_reuses_its_model(sysu_synth, tmp_path):
     for key in ("rank1", "mAP", "mINP", "chance_rank1"):
         assert 0.0 <= saved[key] <= 100.0
     assert saved["reranked"] is False and saved["protocol"] == PROTOCOL and saved["trials"] == 10
-    weights = next((tmp_path / "demo" / "run").rglob("*.safetensors"))
+    weights = next(Path(first["run"]).rglob("*.safetensors"))
     stamp = weights.stat().st_mtime_ns
     again = run_demo(out=tmp_path / "demo", data=sysu_synth, quick=True)
     assert weights.stat().st_mtime_ns == stamp  # not retrained

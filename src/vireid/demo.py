@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vireid.config import load_config, to_dict
-from vireid.files import RunLock, create_owned_folder, ensure_folder, remove_owned_folder
+from vireid.files import RunLock, create_owned_folder, ensure_folder, folder_kind, remove_owned_folder
 
 DEMO_RUN_KIND = "demo-run"
 """Ownership mark of the run folders ``vireid demo`` creates (the only runs it may delete)."""
@@ -77,12 +77,13 @@ def _remove_demo_run(run_dir: Path, console: Console) -> None:
     """Delete an unfinished or outdated run of ``vireid demo`` (only one that the demo created, and only
     while no other process trains into it)."""
     fix = f"move {run_dir} away (or delete it yourself), or pass another --out."
-    lock = RunLock.acquire(run_dir) if run_dir.is_dir() else None
+    if folder_kind(run_dir) != DEMO_RUN_KIND:  # checked before the lock file is created in someone's folder
+        remove_owned_folder(run_dir, DEMO_RUN_KIND, "demo run folder", fix=fix)  # raises, naming the folder
+    lock = RunLock.acquire(run_dir)
     try:
         remove_owned_folder(run_dir, DEMO_RUN_KIND, "demo run folder", fix=fix)
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
     console.print(f"removed the unfinished or outdated demo run in {run_dir}")
 
 

@@ -241,6 +241,28 @@ def clean_orphaned_temp_folders(
     return removed
 
 
+# ------------------------------------------------------------------------------------ deterministic files
+
+
+def canonicalize_safetensors_header(path: str | os.PathLike) -> None:
+    """Rewrite the JSON header of a safetensors file in place with sorted keys.
+
+    safetensors keeps its header in a hash map whose order changes from process to process (and from call
+    to call), so the same tensors saved twice differ byte for byte. The sorted header has the same content
+    and the same length (padded with spaces, as the format allows), so the tensor data does not move.
+    """
+    import struct
+
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(canonical) > length:  # pragma: no cover - the same keys and values serialise to the same length
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
+        handle.seek(8)
+        handle.write(canonical + b" " * (length - len(canonical)))
+
+
 # ------------------------------------------------------------------------------------------------ run lock
 
 

@@ -25,7 +25,6 @@ import os
 import random
 import re
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,13 @@ import numpy as np
 import torch
 
 from vireid.errors import CheckpointError, StorageError
-from vireid.files import discard_temp_folder, make_temp_folder, replace_folder, storage_error
+from vireid.files import (
+    canonicalize_safetensors_header,
+    discard_temp_folder,
+    make_temp_folder,
+    replace_folder,
+    storage_error,
+)
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -129,14 +134,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
-    with open(path, "r+b") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-        canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(canonical) > length:  # pragma: no cover - same keys and values serialise to the same length
-            raise CheckpointError(f"{path}: cannot canonicalise the safetensors header.")
-        handle.seek(8)
-        handle.write(canonical + b" " * (length - len(canonical)))
+    canonicalize_safetensors_header(path)
 
 
 def save_checkpoint(

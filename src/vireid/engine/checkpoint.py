@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import re
@@ -116,12 +117,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
-    names = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity.
+
+    Called after every optimiser step, so it is a cheap screen first: a tensor's sum (accumulated in at
+    least fp32) is NaN/inf whenever one of its values is; only tensors whose sum is not finite are checked
+    element by element (a finite tensor whose sum overflows is thus not reported). One device sync in all.
+    """
+    names = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
     if not names:
         return []
-    finite = torch.stack([torch.isfinite(state[k]).all() for k in names]).cpu()
-    return [k for k, ok in zip(names, finite.tolist()) if not ok]
+    with torch.no_grad():
+        sums = torch.stack(
+            [state[k].sum(dtype=torch.float64 if state[k].dtype == torch.float64 else torch.float32) for k in names]
+        )
+        suspects = [k for k, total in zip(names, sums.cpu().tolist()) if not math.isfinite(total)]
+        return [k for k in suspects if not bool(torch.isfinite(state[k]).all())]
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

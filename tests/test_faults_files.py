@@ -32,6 +32,7 @@ from vireid.engine.checkpoint import (
     CheckpointManager,
     load_checkpoint,
     load_trainer_state,
+    nonfinite_tensors,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -296,6 +297,27 @@ def test_save_checkpoint_refuses_nonfinite_tensors(tmp_path):
     with pytest.raises(CheckpointError, match=r"NaN or infinite values \(bn\.running_var\)"):
         save_checkpoint(tmp_path / "ck", model_state=state, meta={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nonfinite_screen_matches_an_elementwise_reference():
+    """The per-step check screens by sums; it must report exactly the tensors with a NaN/inf value, and not
+    finite tensors whose sum overflows."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        state = {f"t{i}": torch.randn(int(torch.randint(1, 40, (1,), generator=gen)), generator=gen) for i in range(6)}
+        state["huge"] = torch.full((4,), 3e38)  # finite, but its float32 sum is inf
+        state["half"] = torch.full((8,), 60000.0, dtype=torch.float16)  # finite, fp16 sum would overflow
+        state["steps"] = torch.tensor([1, 2])
+        for name in ("t1", "t4", "half"):
+            if torch.rand(1, generator=gen) < 0.5:
+                flat = state[name].view(-1)
+                flat[int(torch.randint(0, flat.numel(), (1,), generator=gen))] = [
+                    float("nan"),
+                    float("inf"),
+                    -float("inf"),
+                ][int(torch.randint(0, 3, (1,), generator=gen))]
+        reference = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert nonfinite_tensors(state) == reference
 
 
 # ------------------------------------------------------------------------------- orphaned temp folders

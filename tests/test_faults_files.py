@@ -634,3 +634,17 @@ def test_fingerprint_hashes_tensors_not_header_order(tmp_path):
     (tmp_path / "z").mkdir()
     save_file({**state, "b": torch.tensor([1, 3])}, str(tmp_path / "z/model.safetensors"))
     assert weights_fingerprint(tmp_path / "z") != weights_fingerprint(tmp_path / "x")
+
+
+def test_index_fingerprint_accepts_legacy_file_hashes_and_refuses_other_weights(tiny_ckpt, gallery, tmp_path):
+    from vireid.index import GalleryIndex, build_index, check_checkpoint_matches
+
+    index = build_index(tiny_ckpt, gallery, tmp_path / "g.vidx")
+    meta_path = tmp_path / "g.vidx" / "index.json"
+    legacy = json.loads(meta_path.read_text())
+    legacy["checkpoint"]["weights_sha256"] = hashlib.sha256((tiny_ckpt / "model.safetensors").read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(legacy))
+    check_checkpoint_matches(GalleryIndex.open(tmp_path / "g.vidx"), tiny_ckpt)  # an index of an older vireid
+    other = save_tiny_agw(tmp_path / "other", seed=1)
+    with pytest.raises(CheckpointError, match="is not the model that built the index"):
+        check_checkpoint_matches(index, other)

@@ -351,6 +351,44 @@ def test_kill_during_first_checkpoint_write_blocks_neither_fresh_start_nor_resum
     assert resumed.global_step == 3 and resolve_checkpoint(run, prefer="last").name == "s00000003"
 
 
+KILLED_MID_RUN = """
+import os, signal, sys
+from pathlib import Path
+import safetensors.torch
+real_save = safetensors.torch.save_file
+
+def save_or_die(tensors, path, metadata=None):
+    if "s00000002" in str(path):  # SIGKILL in the middle of writing the second checkpoint
+        Path(path).write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(tensors, path, metadata=metadata)
+
+safetensors.torch.save_file = save_or_die
+from vireid.config import load_config
+from vireid.engine.trainer import train
+train(load_config("baseline/sysu", sys.argv[2:]), run_dir=Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_while_checkpointing_then_resume_is_bit_identical(sysu_root, finished_run, tmp_path):
+    """A real SIGKILL mid-write leaves the lock (released by the OS) and a marked temporary folder; the resume
+    cleans it up and ends with exactly the weights of the uninterrupted run."""
+    run = tmp_path / "run"
+    overrides = tiny_overrides(sysu_root, tmp_path, "train.checkpoint_every_iters=1")
+    died = child(KILLED_MID_RUN, str(run), *overrides)
+    assert died.returncode == -9, died.stderr[-2000:]
+    hidden = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".s")]
+    assert len(hidden) == 1 and hidden[0].startswith(".s00000002.tmp-"), hidden
+    assert resolve_checkpoint(run, prefer="last").name == "s00000001"
+    resumed = train(load_config(run / "config.yaml"), resume=run)
+    assert resumed.global_step == 3 and not [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
+    reference = load_checkpoint(finished_run, prefer="last").state_dict
+    weights = load_checkpoint(run, prefer="last").state_dict
+    assert reference.keys() == weights.keys()
+    assert all(torch.equal(reference[k], weights[k]) for k in reference)
+
+
 DIE_WHILE_INDEXING = """
 import os, signal, sys
 from pathlib import Path

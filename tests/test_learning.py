@@ -7,6 +7,7 @@ transforms, the optimiser, the protocol) even though every unit test of the part
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_quick_demo_writes_results_and_reuses_its_model(sysu_synth, tmp_path):
     # the demo folder, and its results.json (which points to the full result): the same result twice
     same = compare_results([str(tmp_path / "demo"), str(tmp_path / "demo" / "results.json")])
     assert all(d.mean == 0.0 and d.high == d.low for d in same.differences[0]["metrics"].values())
-    weights = next((tmp_path / "demo" / "run").rglob("*.safetensors"))
+    weights = next(Path(first["run"]).rglob("*.safetensors"))
     stamp = weights.stat().st_mtime_ns
     again = run_demo(out=tmp_path / "demo", data=sysu_synth, quick=True)
     assert weights.stat().st_mtime_ns == stamp  # not retrained

@@ -15,8 +15,10 @@ from typing import Any
 
 from rich.console import Console
 
+from vireid.engine.checkpoint import atomic_write_text
 from vireid.engine.loading import LoadedModel, load_model
 from vireid.errors import ProtocolError
+from vireid.files import ensure_folder
 
 
 def test_checkpoint(
@@ -51,6 +53,14 @@ def test_checkpoint(
         raise ProtocolError("no checkpoint given to test.")
     models = [c if isinstance(c, LoadedModel) else load_model(c, device=device) for c in items]
     lm = models[0]
+    if out is not None:
+        out_dir = Path(out)
+    elif len(models) == 1:
+        out_dir = lm.path / "test"
+    else:
+        out_dir = Path(os.path.commonpath([str(m.path) for m in models])) / "test_regdb_trials"
+    # Fail before minutes of feature extraction if the results cannot be written (a file, a read-only disk).
+    ensure_folder(out_dir, "test output folder (--out)")
     cfg = lm.cfg
     name = dataset or cfg.data.dataset
     data_root = root or cfg.data.root
@@ -83,12 +93,6 @@ def test_checkpoint(
             k1=cfg.eval.rerank_k1, k2=cfg.eval.rerank_k2, lambda_value=cfg.eval.rerank_lambda, variant=rerank_mode
         )
     use_flip = cfg.eval.flip if flip is None else flip
-    if out is not None:
-        out_dir = Path(out)
-    elif len(models) == 1:
-        out_dir = lm.path / "test"
-    else:
-        out_dir = Path(os.path.commonpath([str(m.path) for m in models])) / "test_regdb_trials"
     embedders = [m.method.embedder(m.model, m.cfg) for m in models]
     transform = lm.method.test_transform(cfg)
     selections = sorted({str(m.meta.get("selection", "unknown")) for m in models})
@@ -140,7 +144,7 @@ def test_checkpoint(
             console.print(f"rank lists of the {visualize} worst queries: {picture}")
         results.append(result)
     summary = {r.protocol_id: r.to_dict() for r in results}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     console.print(f"results written to {out_dir}")
     return results
 

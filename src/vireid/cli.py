@@ -153,6 +153,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vireid.convert import convert_checkpoint
+
+    folder = convert_checkpoint(
+        args.src,
+        source=args.source,
+        config=args.config,
+        out=args.out,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+    )
+    print(f"converted {args.src} ({args.source}) -> {folder}")
+    print(f"evaluate it with: vireid test {folder} --root DATASET_ROOT  (re-ranking off unless --rerank is given)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -276,6 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default=None, choices=["visible", "infrared", "pair"], help="default: all")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert an authors' released checkpoint (AGW, CAJ, IDKL, DAKD, MCE) into a vireid checkpoint",
+        description="Example: vireid convert sysu_agw_p4_n8_lr_0.1_seed_0_best.t --from agw --config baseline/sysu "
+        "--out runs/agw-release. The file is read without executing its pickle; every tensor must land by the "
+        "source's key table and the architecture must match the config (a mismatch names the override).",
+    )
+    p.add_argument("src", help="the release's checkpoint file (*_best.t, model_best.pth, ...)")
+    p.add_argument("--from", dest="source", required=True, choices=["agw", "caj", "idkl", "dakd", "mce"])
+    p.add_argument("--config", default=None, help="vireid recipe the file was trained as (default: the source's)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides key=value of the config")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(handler=cmd_convert)
     return parser
 
 

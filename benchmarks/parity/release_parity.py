@@ -78,11 +78,11 @@ def import_release(checkout: Path):
 def build_release_model(source: str, module, num_classes: int) -> nn.Module:
     if source in ("agw", "caj"):
         return module.embed_net(num_classes, no_local="on", gm_pool="on", arch="resnet50")
-    kwargs = dict(mutual_information=True, drop_last_stride=True, channel=3, mem=1, global_center=1, gx=0)
+    kwargs = dict(mutual_information=True, drop_last_stride=True, mem=1, global_center=1, gx=0)
     if source == "dakd":
-        # DAKD's Model builds its (unused) classifier by default; the student file carries it.
-        return module.Model(num_classes, arch="resnet50", classification=False, **kwargs)
-    net = module.Model(num_classes, classification=False, **kwargs)
+        # train.py: classification=args.nce (off by default), channel 2; the student carries no memory.
+        return module.Model(num_classes, arch="resnet50", classification=False, channel=2, **kwargs)
+    net = module.Model(num_classes, classification=False, channel=3, **kwargs)
     # train.py attaches the identity memories to the network before training: they are saved with it.
     memory = importlib.import_module("memory")
     mems = [memory.ClusterMemory(net.out_dim, num_classes) for _ in range(4)]

@@ -44,9 +44,10 @@ MAPPING = KeyMapping(
         Rename("classifier.", "classifier."),
     ),
     drops=(
-        *(Drop(f"visible_module.visible.{part}.", _DEAD) for part in ("layer1", "layer2", "layer3", "layer4", "fc")),
-        *(Drop(f"thermal_module.thermal.{part}.", _DEAD) for part in ("layer1", "layer2", "layer3", "layer4", "fc")),
-        *(Drop(f"base_resnet.base.{part}.", _DEAD) for part in ("conv1", "bn1", "fc")),
+        # The release's resnet.py ResNet has no fc layer, so these are all the unused parts.
+        *(Drop(f"visible_module.visible.{part}.", _DEAD) for part in ("layer1", "layer2", "layer3", "layer4")),
+        *(Drop(f"thermal_module.thermal.{part}.", _DEAD) for part in ("layer1", "layer2", "layer3", "layer4")),
+        *(Drop(f"base_resnet.base.{part}.", _DEAD) for part in ("conv1", "bn1")),
     ),
 )
 

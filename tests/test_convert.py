@@ -341,3 +341,26 @@ def test_a_dakd_student_trains_from_a_converted_release_teacher(sysu_root, tmp_p
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x["kind"] == "train"]
     assert len(steps) == 2 and all(np.isfinite(x["loss"]) and x["inst"] > 0 for x in steps)
+
+
+def test_architecture_facts_read_from_release_shapes_name_each_override():
+    from vireid.convert.source import architecture_facts, config_mismatches
+
+    spec = get_source("agw")
+    state = manifest_state("agw")
+    facts = architecture_facts(rename_state(state, spec.mapping).tensors, spec, state)
+    assert (facts.backbone, facts.width, facts.stems, facts.num_classes) == ("resnet50", 64, "per_modality", 395)
+    assert facts.non_local == {"layer2": [2, 3], "layer3": [3, 4, 5]} and facts.nl_inter_channels == 1
+    assert (facts.pooling, facts.gem_learnable, facts.gem_p, facts.last_stride) == ("gem", False, 3.0, 1)
+    wrong = load_config(
+        "baseline/regdb",
+        ["model.stems=shared", "model.gem_learnable=true", "model.nl_layer3=[5]", "model.last_stride=2"],
+    )
+    overrides = [o for _, o in config_mismatches(facts, wrong)]
+    assert overrides == [
+        "model.stems=per_modality",
+        "model.nl_layer3=[3,4,5]",
+        "model.gem_learnable=false",
+        "model.last_stride=1",
+        "data.dataset=sysu",
+    ]

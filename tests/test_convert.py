@@ -357,6 +357,7 @@ def test_architecture_facts_read_from_release_shapes_name_each_override():
         ["model.stems=shared", "model.gem_learnable=true", "model.nl_layer3=[5]", "model.last_stride=2"],
     )
     overrides = [o for _, o in config_mismatches(facts, wrong)]
+    assert get_source("caj").mapping == spec.mapping  # ICCV21_CAJ/model.py is the AGW model.py
     assert overrides == [
         "model.stems=per_modality",
         "model.nl_layer3=[3,4,5]",

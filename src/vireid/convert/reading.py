@@ -34,7 +34,8 @@ def _numpy_globals() -> list[Any]:
     names are allowed for the same two functions. The dtype classes (``numpy.dtypes.Float64DType`` ...) are
     what NumPy >= 1.25 may pickle for a dtype.
     """
-    multiarray = np._core.multiarray  # type: ignore[attr-defined]
+    multiarray = getattr(np, "_core", None) or np.core  # NumPy 2 / NumPy 1
+    multiarray = multiarray.multiarray
     entries: list[Any] = [np.ndarray, np.dtype]
     for name in ("_reconstruct", "scalar"):
         function = getattr(multiarray, name)
@@ -80,6 +81,14 @@ def read_release_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"release checkpoint {path} does not exist.", fix="give the path of the .t/.pth file.")
+    serialization = torch.serialization
+    if not hasattr(serialization, "safe_globals") or not hasattr(serialization, "get_unsafe_globals_in_checkpoint"):
+        # Older torch has no allow-list for the weights-only loader; vireid will not fall back to pickle.
+        raise CheckpointError(
+            f"reading {path} safely needs torch >= 2.5 (weights-only loading with an allow-list); this is torch "
+            f"{torch.__version__}.",
+            fix="upgrade torch (pip install 'torch>=2.5'), or convert on a machine that has it.",
+        )
     try:
         refused = unsafe_globals(path) if zipfile.is_zipfile(path) else []
     except (RuntimeError, OSError, ValueError) as exc:

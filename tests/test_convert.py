@@ -85,6 +85,15 @@ def test_a_pickle_that_would_create_a_file_is_refused_by_name(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "io.open" in err and "weights_only=False" in err
     assert not target.exists() and not (tmp_path / "out").exists()
+    # Files of torch < 1.6 (the legacy, non-zip format) are checked by the weights-only unpickler itself.
+    legacy = tmp_path / "evil_legacy.t"
+    torch.save({"payload": OpensAFile(target)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"'io\.open'"):
+        read_release_file(legacy)
+    assert not target.exists()
+    ok = tmp_path / "legacy_ok.t"
+    torch.save({"net": {"w": torch.ones(2)}, "mAP": np.float64(0.5)}, ok, _use_new_zipfile_serialization=False)
+    assert float(read_release_file(ok)["mAP"]) == 0.5
 
 
 def test_numpy_metrics_written_by_numpy_1_are_read(tmp_path):
@@ -274,6 +283,18 @@ def test_architecture_mismatches_name_the_override(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(out), "--onnx", str(tmp_path / "m.onnx"), "--modality", "visible"]) == 0
     assert "converted from agw release file sysu_base_best.t" in " ".join(capsys.readouterr().out.split())
+
+
+def test_batchnorm_counters_missing_from_old_files_are_filled_and_listed(tmp_path):
+    _, model = tiny_model("baseline", [], 6)
+    state = {k: v for k, v in to_release_names(model.state_dict(), "agw").items() if "num_batches_tracked" not in k}
+    path = release_file(tmp_path / "old_torch_best.t", state)
+    out = convert_checkpoint(path, source="agw", out=tmp_path / "o", overrides=TINY_R50)
+    filled = json.loads((out / "meta.json").read_text())["converted"]["filled"]
+    counters = [k for k in model.state_dict() if k.endswith("num_batches_tracked")]
+    assert sorted(filled) == sorted(counters) and len(counters) > 50
+    converted = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items() if k not in counters)
 
 
 def test_an_extra_key_in_a_file_fails_the_command_with_one_line(tmp_path, capsys):

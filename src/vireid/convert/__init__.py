@@ -32,8 +32,13 @@ How to add a source
    :class:`~vireid.convert.mapping.KeyMapping`: one :class:`~vireid.convert.mapping.Rename` per release
    prefix (``mapping.non_local_renames`` writes the AGW non-local blocks), one
    :class:`~vireid.convert.mapping.Drop` with a reason per prefix the vireid model deliberately lacks (list
-   dead copies one by one; never a catch-all). ``<name>`` must be in
-   :data:`~vireid.convert.sources.KNOWN_SOURCES`; the registry finds the module by name.
+   dead copies one by one; never a catch-all; ``Rename(..., drop_if_model_lacks=reason)`` for an optional
+   head). ``<name>`` must be in :data:`~vireid.convert.sources.KNOWN_SOURCES`; the registry finds the module
+   by name. The generic architecture checks read the renamed tensors (``stems.*``, ``layerN.<i>.`` anywhere
+   in a key, ``*.non_local.*``, ``pool.p``, ``classifier.weight``) and compare only the ``model.*`` keys the
+   config has; a release without a pooling tensor declares ``fixed_pooling``/``fixed_gem_p``, a network
+   whose classes are not ``classifier.weight`` declares ``num_classes_from``, and facts only that network
+   has go in ``extra_checks`` (each returns ``(difference, override)`` pairs).
 2. Build the release's model from its own code with random weights (outside this repository), save it in
    the release's format, and write its key/shape manifest ``tests/manifests/<name>.json`` with
    ``benchmarks/parity/release_parity.py --manifest``; ``tests/test_convert.py`` then checks on every run

@@ -51,6 +51,8 @@ def convert_checkpoint(
     src = Path(src)
     out = Path(out)
     spec = get_source(source)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder.", fix="give the checkpoint folder to write.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"output folder {out} exists and is not empty.", fix="choose another --out or pass --overwrite."

@@ -132,6 +132,9 @@ def test_checkpoint(
             data_root=str(Path(data_root).resolve()) if data_root else None,
             data_identity=data_identity(name, data_root),
         )
+        converted = converted_from(lm.meta)
+        if converted:
+            result = result.with_metadata(converted_from=converted)
         console.print(result.table())
         result.save(out_dir)
         if visualize:
@@ -161,6 +164,14 @@ def data_identity(dataset: str, root: str | Path | None) -> str:
     options.pop("workers", None)  # does not change the output
     settings = ",".join(f"{k}={options[k]}" for k in sorted(options))
     return f"{dataset}:synthetic(layout={marker.get('layout')},v{marker.get('generator_version')},{settings})"
+
+
+def converted_from(meta: dict[str, Any]) -> str | None:
+    """``"agw release file sysu_agw_best.t"`` for a checkpoint written by ``vireid convert``, else ``None``."""
+    info = meta.get("converted")
+    if not isinstance(info, dict):
+        return None
+    return f"{info.get('source')} release file {info.get('file')}"
 
 
 def _regdb_trial(lm: LoadedModel) -> int:

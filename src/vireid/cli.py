@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compare",
-        help="compare evaluated results: mean ± std, paired differences with 95% CIs, CMC overlay",
+        help="compare evaluated results: mean ± std, paired differences with 95%% CIs, CMC overlay",
         description="The first result is the reference. A RESULT is a `vireid test` or `vireid demo` folder, a "
         "result JSON, or a quoted glob of the seed runs of one configuration ('runs/idkl_seed*'); prefix "
         "LABEL= to name it. The interval is over seeds when two results share at least two seeds, otherwise "

@@ -153,6 +153,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vireid.convert import convert_checkpoint
+
+    # Overrides may follow SRC or --config CONFIG (`SRC --from agw --config C k=v --out D`): both are lists
+    # whose first word is the file / the config, split here (argparse cannot split a list between options).
+    src, overrides = args.src[0], args.src[1:]
+    config = None
+    if args.config:
+        config, overrides = args.config[0], [*overrides, *args.config[1:]]
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"'{bad[0]}' is not a key=value override (vireid convert takes one file and one config).")
+    folder = convert_checkpoint(
+        src, source=args.source, config=config, out=args.out, overrides=overrides, overwrite=args.overwrite
+    )
+    print(f"converted {src} ({args.source}) -> {folder}")
+    print(f"evaluate it with: vireid test {folder} --root DATASET_ROOT   (re-ranking stays off unless --rerank)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -276,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default=None, choices=["visible", "infrared", "pair"], help="default: all")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert an authors' released checkpoint (AGW, CAJ, IDKL, DAKD, MCE) into a vireid checkpoint",
+        description="Example: vireid convert sysu_agw_p4_n8_lr_0.1_seed_0_best.t --from agw --config baseline/sysu "
+        "--out runs/agw-release. The file is read without executing its pickle; every tensor must land by the "
+        "source's key table and the architecture must match the config (a mismatch names the override).",
+    )
+    p.add_argument(
+        "src",
+        nargs="+",
+        metavar="SRC [key=value ...]",
+        help="the release's checkpoint file (*_best.t, model_best.pth, ...), then dotted config overrides",
+    )
+    p.add_argument("--from", dest="source", required=True, choices=["agw", "caj", "idkl", "dakd", "mce"])
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        metavar="CONFIG [key=value ...]",
+        help="vireid recipe the file was trained as (YAML or preset, default: the source's), then overrides",
+    )
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(handler=cmd_convert)
     return parser
 
 

@@ -253,9 +253,16 @@ def export_onnx_cli(
     from rich.console import Console
     from rich.table import Table
 
+    from vireid.engine.testing import converted_from
+
     console = console or Console()
     report = export_onnx(checkpoint, onnx_path, modalities=[modality] if modality else None, opset=opset, check=check)
-    table = Table(title=f"ONNX export of {report.checkpoint} (opset {report.opset})")
+    title = f"ONNX export of {report.checkpoint} (opset {report.opset})"
+    meta_path = Path(report.checkpoint) / "meta.json"
+    converted = converted_from(json.loads(meta_path.read_text())) if meta_path.is_file() else None
+    if converted:
+        title += f", converted from {converted}"
+    table = Table(title=title)
     table.add_column("modality")
     table.add_column("file", overflow="fold")
     table.add_column("inputs")

@@ -119,6 +119,9 @@ def test_checkpoint(
         )
         paths = [str(m.path) for m in models]
         result = result.with_metadata(checkpoint=paths[0] if len(paths) == 1 else paths, method=lm.meta.get("method"))
+        converted = converted_from(lm.meta)
+        if converted:
+            result = result.with_metadata(converted_from=converted)
         console.print(result.table())
         result.save(out_dir)
         if visualize:
@@ -134,6 +137,14 @@ def test_checkpoint(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"results written to {out_dir}")
     return results
+
+
+def converted_from(meta: dict[str, Any]) -> str | None:
+    """``"agw release file sysu_agw_best.t"`` for a checkpoint written by ``vireid convert``, else ``None``."""
+    info = meta.get("converted")
+    if not isinstance(info, dict):
+        return None
+    return f"{info.get('source')} release file {info.get('file')}"
 
 
 def _regdb_trial(lm: LoadedModel) -> int:

@@ -249,7 +249,7 @@ def tiny_model(method_name: str, overrides: list[str], num_classes: int, seed: i
     return cfg, model.eval()
 
 
-def test_architecture_mismatches_name_the_override(tmp_path):
+def test_architecture_mismatches_name_the_override(tmp_path, capsys):
     # The AGW release's --method base: no non-local blocks, average pooling.
     _, model = tiny_model("baseline", ["model.non_local=false", "model.pooling=avg"], 6)
     path = release_file(tmp_path / "sysu_base_best.t", to_release_names(model.state_dict(), "agw"))
@@ -259,10 +259,21 @@ def test_architecture_mismatches_name_the_override(tmp_path):
         convert_checkpoint(
             path, source="agw", out=tmp_path / "b", overrides=[*TINY_R50, "model.width=16", "model.non_local=false"]
         )
-    ok = ["model.non_local=false", "model.pooling=avg", *TINY_R50]
+    ok = ["model.non_local=false", "model.pooling=avg", *TINY_R50, "data.height=32", "data.width=16"]
     out = convert_checkpoint(path, source="agw", out=tmp_path / "c", overrides=ok)
     converted = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items())
+    # An ordinary checkpoint: FeatureExtractor gives the original network's features, `vireid export` takes it.
+    from vireid.inference import FeatureExtractor
+
+    images = torch.randn(3, 3, 32, 16)
+    feats = FeatureExtractor(out, device="cpu", amp="none")(list(images), "infrared")
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.extract(images, 1), dim=1)
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
+    capsys.readouterr()
+    assert main(["export", str(out), "--onnx", str(tmp_path / "m.onnx"), "--modality", "visible"]) == 0
+    assert "converted from agw release file sysu_base_best.t" in " ".join(capsys.readouterr().out.split())
 
 
 def test_an_extra_key_in_a_file_fails_the_command_with_one_line(tmp_path, capsys):
@@ -330,3 +341,26 @@ def test_a_dakd_student_trains_from_a_converted_release_teacher(sysu_root, tmp_p
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if x["kind"] == "train"]
     assert len(steps) == 2 and all(np.isfinite(x["loss"]) and x["inst"] > 0 for x in steps)
+
+
+def test_architecture_facts_read_from_release_shapes_name_each_override():
+    from vireid.convert.source import architecture_facts, config_mismatches
+
+    spec = get_source("agw")
+    state = manifest_state("agw")
+    facts = architecture_facts(rename_state(state, spec.mapping).tensors, spec, state)
+    assert (facts.backbone, facts.width, facts.stems, facts.num_classes) == ("resnet50", 64, "per_modality", 395)
+    assert facts.non_local == {"layer2": [2, 3], "layer3": [3, 4, 5]} and facts.nl_inter_channels == 1
+    assert (facts.pooling, facts.gem_learnable, facts.gem_p, facts.last_stride) == ("gem", False, 3.0, 1)
+    wrong = load_config(
+        "baseline/regdb",
+        ["model.stems=shared", "model.gem_learnable=true", "model.nl_layer3=[5]", "model.last_stride=2"],
+    )
+    overrides = [o for _, o in config_mismatches(facts, wrong)]
+    assert overrides == [
+        "model.stems=per_modality",
+        "model.nl_layer3=[3,4,5]",
+        "model.gem_learnable=false",
+        "model.last_stride=1",
+        "data.dataset=sysu",
+    ]

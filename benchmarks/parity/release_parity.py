@@ -26,6 +26,7 @@ Run it outside the repository's tests: it builds full ResNet-50s (a few seconds 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import subprocess
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         captured: dict[str, torch.Tensor] = {}
         bnneck = net.bottleneck if args.source in ("agw", "caj") else net.bn_neck
         bnneck.register_forward_hook(lambda m, i, o: captured.__setitem__("bn", o.detach().clone()))
+        # The release's own float32 rounding, for scale: the same network in float64.
+        net64 = copy.deepcopy(net).double()
+        bnneck64 = net64.bottleneck if args.source in ("agw", "caj") else net64.bn_neck
+        bnneck64.register_forward_hook(lambda m, i, o: captured.__setitem__("bn64", o.detach().clone()))
         gen = torch.Generator().manual_seed(args.seed + 1)
         for modality, name in ((0, "visible"), (1, "infrared")):
             x = torch.randn(args.batch, 3, h, w, generator=gen)
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 ref = release_forward(args.source, net, x, modality)
                 ref_bn = captured["bn"]
                 ours_bn = converted.extract(x, modality, feature="bn")
+                release_forward(args.source, net64, x.double(), modality)
+                own_rounding = (captured["bn64"] - ref_bn.double()).abs().max().item()
             diff = (F.normalize(ours_bn, dim=1) - ref).abs().max().item()
             raw = (ours_bn - ref_bn).abs().max().item()
             worst = max(worst, diff)
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                         "max_abs_diff_l2_bn": diff,
                         "max_abs_diff_bn_unnormalised": raw,
                         "bn_abs_max": ref_bn.abs().max().item(),
+                        "release_fp32_vs_fp64_bn_unnormalised": own_rounding,
                         "tolerance": args.tolerance,
                     }
                 )

@@ -72,7 +72,7 @@ def convert_checkpoint(
             "idkl (model_best.pth).",
         )
     facts = architecture_facts(mapped.tensors, spec, state)
-    mismatches = config_mismatches(facts, cfg)
+    mismatches = config_mismatches(facts, cfg, mapped.tensors, spec)
     if mismatches:
         what = "; ".join(m for m, _ in mismatches)
         fixes = " ".join(o for _, o in mismatches)

@@ -103,7 +103,7 @@ def test_release_keys_convert_and_land_where_the_table_says():
     facts = architecture_facts(mapped.tensors, spec, state)
     assert (facts.backbone, facts.width, facts.stems, facts.num_classes) == ("resnet50", 64, "shared", 395)
     assert (facts.pooling, facts.gem_learnable, facts.gem_p, facts.last_stride) == ("gem", False, 3.0, 1)
-    assert config_mismatches(facts, cfg) == []
+    assert config_mismatches(facts, cfg, mapped.tensors, spec) == []
     model_state = meta_model(cfg, facts.num_classes).state_dict()
     tensors, filled = fit_to_model(mapped, model_state, spec.mapping, what="model_best.pth")
     assert filled == [] and set(tensors) == set(model_state)
@@ -139,11 +139,15 @@ def test_a_missing_or_extra_key_is_refused_grouped_by_prefix():
 def test_architecture_mismatches_name_the_override():
     spec = get_source("idkl")
     state = manifest_state()
-    facts = architecture_facts(rename_state(state, spec.mapping).tensors, spec, state)
-    regdb = config_mismatches(facts, load_config("idkl/regdb"))
+    tensors = rename_state(state, spec.mapping).tensors
+    facts = architecture_facts(tensors, spec, state)
+    regdb = config_mismatches(facts, load_config("idkl/regdb"), tensors, spec)
     assert [override for _, override in regdb] == ["data.dataset=sysu"]  # 395 classes: SYSU-MM01's
-    narrow = config_mismatches(facts, load_config("idkl/sysu", ["model.width=32", "model.stems=per_modality"]))
-    assert [override for _, override in narrow] == ["model.width=64", "model.stems=shared"]
+    options = ["model.width=32", "model.stems=per_modality", "model.specific_branch=per_modality"]
+    narrow = config_mismatches(facts, load_config("idkl/sysu", options), tensors, spec)
+    assert [override for _, override in narrow] == [
+        "model.width=64", "model.stems=shared", "model.specific_branch=shared_weights",
+    ]  # fmt: skip
 
 
 def release_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

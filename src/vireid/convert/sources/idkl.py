@@ -32,6 +32,7 @@ GeM has no parameter in this release (fixed p = 3, clamp 1e-6) and the last stri
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -52,6 +53,22 @@ _DISCRIMINATOR = (("fc1.", "0."), ("bn1.", "1."), ("fc2.", "4."), ("bn2.", "5.")
 
 def _gem(tensors: Mapping[str, torch.Tensor]) -> str:
     return "gem"  # embed_net pools both branches with a fixed-p GeM, whatever the config
+
+
+def _num_classes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Rows of C_sh (the release's ``classifier``); C_sp and C_ent have the same."""
+    weight = tensors.get("classifier_sh.weight")
+    return int(weight.shape[0]) if weight is not None else 0
+
+
+def _specific_branch(facts: Any, cfg: Any, tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """The release has one specific layer3-4 for both modalities (``branch_sp.shared``)."""
+    branch = getattr(cfg.model, "specific_branch", None)
+    if branch is not None and branch != "shared_weights":
+        return [
+            (f"specific branch: file one for both modalities, config {branch}", "model.specific_branch=shared_weights")
+        ]
+    return []
 
 
 MAPPING = KeyMapping(
@@ -99,5 +116,6 @@ SOURCE = ReleaseSource(
     last_stride=1,  # drop_last_stride: true in SYSU.yml, RegDB.yml and LLCM.yml
     fixed_pooling=_gem,
     fixed_gem_p=3.0,
-    facts_prefixes=(("branch_sh.", ""), ("classifier_sh.", "classifier.")),
+    num_classes_from=_num_classes,
+    extra_checks=_specific_branch,
 )

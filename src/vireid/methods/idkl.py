@@ -13,11 +13,13 @@ Every loss reads visible/infrared pairing and identity grouping from the batch's
 (:func:`pair_identities`), never from row positions, so the objective is invariant to any permutation of
 the batch applied together with its fields, and no weight switches on the batch size: the release's two
 regimes (batch 120 and anything else) are the presets ``configs/idkl/presets/idkl_release_120.yaml`` and
-``idkl_release_other.yaml``.
+``idkl_release_other.yaml``, and the loader refuses a config whose regime does not match its batch
+(:func:`check_release_regime`, ``tgsa.regime``).
 
-Where vireid's defaults differ from the release [reconstruction], the release behaviour is one switch away:
-``transfer.mode`` (distill | mutual), ``tgsa.logits`` (neg_distance | release), ``confusion.mode``
-(uniform | release_pattern | grl). Every run prints and records its choices.
+The defaults and the reproduction configs are the release's behaviour (issue 14); vireid's alternatives
+[reconstruction] are one switch away and collected in ``configs/idkl/*_vireid.yaml``: ``transfer.mode``
+(mutual | distill), ``tgsa.logits`` (release | neg_distance), ``tgsa.cross`` (release | aligned),
+``confusion.mode`` (release_pattern | uniform | grl). Every run prints and records its choices.
 """
 
 from __future__ import annotations

@@ -280,6 +280,7 @@ def build_index_cli(
     labels: str | None = None,
     workers: int = 0,
     ivf: int = 0,
+    amp: str = "none",
     console=None,
 ) -> GalleryIndex:
     """``vireid index``: build an index and print what it holds."""
@@ -297,6 +298,7 @@ def build_index_cli(
         device=device,
         ivf_lists=ivf,
         progress=console.is_terminal,
+        amp=amp,
     )
     meta = index.meta
     ids = f"{len(set(meta.pids))} identities ({meta.identity_source})" if meta.pids is not None else "no identities"
@@ -321,6 +323,7 @@ def search_cli(
     checkpoint: str | None = None,
     query_id: int | None = None,
     nprobe: int = 16,
+    amp: str = "none",
     console=None,
 ) -> list[SearchHit]:
     """``vireid search``: embed one query, rank the index, print a table and optionally draw a rank list."""
@@ -339,7 +342,7 @@ def search_cli(
             f"the checkpoint that built {gallery.folder} is not at {ckpt} any more.",
             fix="pass its new location with --checkpoint.",
         )
-    extractor = FeatureExtractor(ckpt, device=device)
+    extractor = FeatureExtractor(ckpt, device=device, amp=amp)
     check_checkpoint_matches(gallery, extractor.checkpoint_path)
     if text is not None:
         features = extractor(text, "text")

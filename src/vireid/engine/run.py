@@ -11,7 +11,14 @@ from vireid.config import load_config, to_dict
 from vireid.errors import ConfigError
 
 
-def train_from_cli(config: str, overrides: list[str], *, resume: str | None = None, allow_config_change=False):
+def train_from_cli(
+    config: str,
+    overrides: list[str],
+    *,
+    resume: str | None = None,
+    allow_config_change=False,
+    device: str | None = None,
+):
     from vireid.engine.trainer import train
 
     cfg = load_config(config, overrides)
@@ -20,7 +27,7 @@ def train_from_cli(config: str, overrides: list[str], *, resume: str | None = No
             f"data.root is not set for dataset '{cfg.data.dataset}'.",
             fix="pass it as an override, e.g. `vireid train CONFIG data.root=/data/SYSU-MM01`.",
         )
-    result = train(cfg, resume=resume, allow_config_change=allow_config_change)
+    result = train(cfg, resume=resume, allow_config_change=allow_config_change, device=device)
     console = Console()
     if result.interrupted:
         return result
@@ -47,13 +54,15 @@ def test_from_cli(
     visualize=0,
     trials=None,
     overrides=(),
+    device=None,
+    amp="none",
 ):
     from vireid.engine.loading import load_model
     from vireid.engine.testing import test_checkpoint
 
     models = []
     for path in [checkpoint] if isinstance(checkpoint, str | Path) else checkpoint:
-        lm = load_model(path)
+        lm = load_model(path, device=device)
         if overrides:
             lm = dataclasses.replace(lm, cfg=load_config(to_dict(lm.cfg), list(overrides), method=lm.meta["method"]))
         models.append(lm)
@@ -67,4 +76,6 @@ def test_from_cli(
         flip=flip,
         visualize=visualize,
         trials=trials,
+        device=device,
+        amp=amp,
     )

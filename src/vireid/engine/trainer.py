@@ -113,7 +113,7 @@ class Trainer:
         allow_config_change: resume even if the config differs from the stored one (differences are logged).
         stop_after_iters: stop (with a resumable checkpoint) once this many global steps are done; used to
             simulate interruptions in tests.
-        device: force a device (default: ``cuda:<local_rank>`` if available, else CPU).
+        device: force a device (default: ``cuda:<local_rank>`` if available, else CPU); checked to exist.
     """
 
     def __init__(
@@ -127,10 +127,16 @@ class Trainer:
         device: str | None = None,
         console=None,
     ):
-        from vireid.methods import get_method
+        from vireid.methods.registry import TRAINING_HOOKS, get_method, missing_hooks
 
         self.cfg = cfg
         self.method = get_method(cfg.method)
+        missing = missing_hooks(self.method, TRAINING_HOOKS)
+        if missing:
+            raise ConfigError(
+                f"method '{cfg.method}' cannot be trained: it lacks {', '.join(missing)}.",
+                fix="see 'Method contract' in docs/architecture.md for the hooks `vireid train` calls.",
+            )
         self.dist: DistContext = init_distributed(device)
         self.stop_after_iters = stop_after_iters
         self._check_selection()
@@ -219,7 +225,12 @@ class Trainer:
         if dist.enabled and cfg.train.sync_bn:
             model = convert_sync_batchnorm(model, dist.device)
         self.model = model
-        groups = self.method.param_groups(model, cfg) if hasattr(self.method, "param_groups") else model.param_groups()
+        if hasattr(self.method, "param_groups"):
+            groups = self.method.param_groups(model, cfg)
+        elif hasattr(model, "param_groups"):
+            groups = model.param_groups()
+        else:  # a plugin model without groups: every parameter at the base learning rate
+            groups = {"all": list(model.parameters())}
         self.optimizer = build_optimizer(cfg.optim, groups)
         self.scheduler = build_scheduler(cfg.sched, self.optimizer, cfg.train.epochs)
         self.amp_dtype = resolve_amp(cfg.train.amp, dist.device)

@@ -96,7 +96,7 @@ def test_create_model_applies_overrides_and_reads_no_files():
 def test_create_model_rejects_unknown_keys_and_methods():
     with pytest.raises(ConfigError, match=r"model\.widht.*model\.width"):
         vireid.create_model("baseline", num_classes=2, model={"widht": 8})
-    with pytest.raises(ConfigError, match="unknown method 'basline'.*Did you mean 'baseline'"):
+    with pytest.raises(ConfigError, match=r"unknown method 'basline'.*Did you mean 'baseline'"):
         vireid.create_model({"method": "basline"}, num_classes=2)
 
 
@@ -162,7 +162,6 @@ def test_register_method_checks_the_contract_and_names(scoped_registry):
 
 def test_registered_method_is_trained_by_vireid_train_and_loaded_back(scoped_registry, sysu_root, tmp_path):
     from tiny_method import METHOD
-
     from vireid.cli import main
 
     vireid.register_method("tinyreg", METHOD)
@@ -182,7 +181,6 @@ def test_registered_method_is_trained_by_vireid_train_and_loaded_back(scoped_reg
 
 def test_a_method_without_training_hooks_is_refused_before_training(scoped_registry, sysu_root, tmp_path):
     from toy_text_method import METHOD
-
     from vireid.engine.trainer import Trainer
 
     vireid.register_method("toytext", METHOD)

@@ -179,10 +179,9 @@ def export_onnx(
     onnx = require("onnx", "onnx", "ONNX export")
     if check:
         require("onnxruntime", "onnx", "the ONNX parity check")
+    from vireid.devices import resolve_device
     from vireid.engine.loading import LoadedModel, load_model
     from vireid.inference import TEXT_TASK, parse_modality
-
-    from vireid.devices import resolve_device
 
     dev = resolve_device(device)
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device=dev)

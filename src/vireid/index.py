@@ -227,7 +227,7 @@ class GalleryIndex:
         self._features: np.ndarray | None = None
         self._loaded: dict[str, torch.Tensor] = {}
         self.faiss_cache: dict[str, Any] = {}
-        """faiss indexes built or read by :func:`vireid.search.search_index`, keyed by backend."""
+        """faiss indexes built or read by :func:`vireid.ranking.search_index`, keyed by backend."""
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> GalleryIndex:
@@ -296,8 +296,8 @@ class GalleryIndex:
         return self.folder / IVF_FILE
 
     def search(self, queries: torch.Tensor, k: int = 10, **options):
-        """Rank the gallery for (Q, D) normalised ``queries``; see :func:`vireid.search.search_features`."""
-        from vireid.search import search_index
+        """Rank the gallery for (Q, D) normalised ``queries``; see :func:`vireid.ranking.search_index`."""
+        from vireid.ranking import search_index
 
         return search_index(self, queries, k, **options)
 
@@ -526,7 +526,7 @@ def build_index(
         )
         (tmp / META_FILE).write_text(meta.to_json())
         if ivf_lists > 0:
-            from vireid.search import build_ivf, save_ivf
+            from vireid.ranking import build_ivf, save_ivf
 
             save_ivf(build_ivf(open_feature_file(tmp / FEATURES_FILE), ivf_lists), tmp / IVF_FILE)
         _replace_folder(tmp, output)

@@ -70,7 +70,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from vireid.evaluation.protocols import print_protocol_selection
+    from vireid.evaluation.protocols.selection import print_protocol_selection
 
     print_protocol_selection(
         dataset=args.dataset,

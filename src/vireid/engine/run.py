@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from vireid.config import load_config, to_dict
+from vireid.engine.logging import LOG_FILE
 from vireid.errors import ConfigError
 
 
@@ -28,17 +29,23 @@ def train_from_cli(
             fix="pass it as an override, e.g. `vireid train CONFIG data.root=/data/SYSU-MM01`.",
         )
     result = train(cfg, resume=resume, allow_config_change=allow_config_change, device=device)
-    console = Console()
     if result.interrupted:
         return result
-    console.print(f"[bold green]done[/] run folder: {result.run_dir}")
+    lines = [f"[bold green]done[/] run folder: {result.run_dir}"]
     if result.best_metrics:
         m = result.best_metrics
-        console.print(
+        lines.append(
             f"best on {m.get('split', 'val')} (epoch {m.get('epoch')}): R1 {m['rank1']:.2f}  mAP {m['mAP']:.2f}  "
             f"mINP {m['mINP']:.2f}"
         )
-    console.print(f"test it with: vireid test {result.run_dir}")
+    lines.append(f"test it with: vireid test {result.run_dir}")
+    console = Console()
+    for line in lines:
+        console.print(line)
+    log = Path(result.run_dir) / LOG_FILE
+    if log.is_file():  # the closing summary belongs to the run's log too (main rank only writes one)
+        with log.open("a", encoding="utf-8") as fh:
+            Console(file=fh, no_color=True, highlight=False, soft_wrap=True).print(*lines, sep="\n")
     return result
 
 

@@ -219,6 +219,7 @@ class Trainer:
         holdout = "val" if cfg.eval.selection == "val" else "none"
         self.split = self.dataset.train_split(holdout=holdout, val_ids=cfg.data.val_ids, seed=cfg.train.seed)
         model = self.method.build_model(cfg, self.split.num_classes)
+        self.logger.save_load_report(model)  # what the pretrained weights did, kept with the run
         model.to(dist.device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -351,8 +352,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ training
 
     def fit(self) -> TrainResult:
-        self._build()
-        self._resume()
+        try:
+            self._build()
+            self._resume()
+        except BaseException as exc:
+            self.logger.print(f"error: {type(exc).__name__}: {exc}", markup=False)
+            self.logger.close()
+            raise
         cfg = self.cfg
         stop = _StopFlag()
         stop.install()
@@ -376,6 +382,10 @@ class Trainer:
                 best = best or (is_last and cfg.eval.selection == "last")  # the last epoch is the selected model
                 if best or is_last or (epoch + 1) % max(1, cfg.train.checkpoint_every) == 0:
                     self.save(epoch + 1, 0, best=best, metrics=metrics)
+        except BaseException as exc:  # the reason a run stopped belongs in its log.txt too
+            self.logger.print(f"error: {type(exc).__name__}: {exc}", markup=False)
+            self.logger.close()
+            raise
         finally:
             stop.uninstall()
         if interrupted and self.dist.is_main:

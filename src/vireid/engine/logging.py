@@ -32,7 +32,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-
 LOG_FILE = "log.txt"
 LOAD_REPORT_FILE = "pretrained_load.json"
 LIBRARY_LOGGER = "vireid"

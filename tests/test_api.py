@@ -225,3 +225,27 @@ def test_broken_plugin_names_its_entry_point(tmp_path, monkeypatch):
     plugins = registry.MethodRegistry()
     with pytest.raises(ConfigError, match=r"entry point 'ghost = no_such_module_xyz:METHOD'.*cannot be imported"):
         plugins.get("ghost")
+
+
+# ------------------------------------------------------------------------------------------------ --device
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "baseline/sysu", "data.root=/nowhere"],
+        ["test", "/nowhere/ckpt"],
+        ["index", "/nowhere/ckpt", "--images", "/nowhere", "-o", "/nowhere/x"],
+        ["search", "/nowhere/index", "--query", "q.png"],
+        ["export", "/nowhere/ckpt", "--onnx", "/nowhere/m.onnx"],
+    ],
+)
+def test_every_command_refuses_an_unavailable_device_in_one_line(argv, capsys):
+    from vireid.cli import main
+
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU-only machine)
+    assert main([*argv, "--device", missing]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith(f"vireid {argv[0]}: error: device '{missing}' is not available")
+    assert "use one of: cpu" in err

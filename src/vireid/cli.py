@@ -45,6 +45,14 @@ def _add_amp(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse an unavailable ``--device`` before any work (one line naming the devices there are)."""
+    if getattr(args, "device", None) is not None:
+        from vireid.devices import resolve_device
+
+        resolve_device(args.device)
+
+
 # ----------------------------------------------------------------------------------------------- handlers
 
 
@@ -329,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        _check_device(args)
         return int(args.handler(args) or 0)
     except VireidError as exc:
         print(f"vireid {args.command}: error: {exc}", file=sys.stderr)

@@ -249,3 +249,16 @@ def test_every_command_refuses_an_unavailable_device_in_one_line(argv, capsys):
     assert err.count("\n") == 0, err
     assert err.startswith(f"vireid {argv[0]}: error: device '{missing}' is not available")
     assert "use one of: cpu" in err
+
+
+def test_declared_torch_range_admits_the_current_release_and_the_tested_one():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]
+    requirements = {r.name: r.specifier for r in map(Requirement, project["dependencies"])}
+    assert "2.15.0" in requirements["torch"] and "2.14.1" in requirements["torch"]
+    assert "2.4.1" not in requirements["torch"]  # torch.onnx.export(dynamo=...) needs 2.5
+    assert torch.__version__.split("+")[0] in requirements["torch"]
+    assert "0.30.0" in requirements["torchvision"] and "0.20.0" in requirements["torchvision"]

@@ -19,7 +19,7 @@ from deploy_fixtures import HEIGHT, NUM_CLASSES, WIDTH, identity_pattern, save_t
 from layout_builders import build_sysu
 from vireid.config import load_config, read_yaml
 from vireid.engine.checkpoint import load_checkpoint
-from vireid.errors import ConfigError
+from vireid.errors import CheckpointError, ConfigError
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -110,6 +110,20 @@ def test_create_model_from_checkpoint_copies_matching_weights(tmp_path):
     assert copied and all(torch.equal(own[k], stored[k]) for k in copied)
     fresh = vireid.create_model("baseline", num_classes=NUM_CLASSES, model=TINY_AGW)
     assert not torch.equal(fresh.state_dict()["layer1.0.conv1.weight"], stored["layer1.0.conv1.weight"])
+
+
+def test_create_model_with_a_weight_file_starts_the_backbone_from_it(tmp_path):
+    from vireid.models.resnet import ResNetBackbone
+
+    torch.manual_seed(3)
+    weights = tmp_path / "resnet18_w8.pth"
+    torch.save(ResNetBackbone("resnet18", width=8).state_dict(), weights)
+    stored = torch.load(weights, weights_only=True)
+    model = vireid.create_model("baseline", num_classes=3, model=TINY_AGW, pretrained=weights)
+    assert model.load_report.loaded == len(stored) and not model.load_report.surprising
+    torch.testing.assert_close(model.state_dict()["layer3.1.conv2.weight"], stored["layer3.1.conv2.weight"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        vireid.create_model("baseline", num_classes=3, model=TINY_AGW, pretrained=tmp_path / "missing.pth")
 
 
 # ------------------------------------------------------------------------------------------------- load

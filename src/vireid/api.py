@@ -96,6 +96,10 @@ def create_model(
 
     Returns:
         the ``torch.nn.Module`` (training mode, CPU). Image models retrieve with ``model.extract``.
+
+    A model that depends on the data needs ``data.root`` (``data={"root": ...}``): DIKDNet with the ``tiny``
+    word tokenizer builds its vocabulary from the training captions; without a root that is a one-line
+    :class:`~vireid.errors.DataError` naming the fix.
     """
     if num_classes < 0:
         raise ConfigError(f"num_classes={num_classes} must be >= 0.")

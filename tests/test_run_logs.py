@@ -108,11 +108,13 @@ def test_library_logging_is_attached_only_while_a_run_is_open(tmp_path):
     library = logging.getLogger("vireid")
     level, showwarning = library.level, warnings.showwarning
     run_log = RunLogger(tmp_path, tensorboard=False)
+    logging.getLogger("vireid.some.module").info("before the run starts")
+    run_log.attach_library_logging()
     logging.getLogger("vireid.some.module").info("hello from a library module")
     logging.getLogger("elsewhere").warning("not vireid's")
     run_log.close()
     logging.getLogger("vireid.some.module").warning("after the run")
     text = (tmp_path / "log.txt").read_text()
     assert "info: vireid.some.module: hello from a library module" in text
-    assert "not vireid's" not in text and "after the run" not in text
+    assert "not vireid's" not in text and "after the run" not in text and "before the run" not in text
     assert library.level == level and warnings.showwarning is showwarning

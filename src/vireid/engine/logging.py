@@ -52,8 +52,9 @@ class _RunLogHandler(logging.Handler):
 
 
 class RunLogger:
-    """Writes the main rank's console output, library log records and warnings to ``log.txt``, and its
-    metrics to JSONL and TensorBoard; silent on other ranks. :meth:`close` detaches everything."""
+    """Writes the main rank's console output (and, once :meth:`attach_library_logging` is called, library
+    log records and warnings) to ``log.txt``, and its metrics to JSONL and TensorBoard; silent on other
+    ranks. :meth:`close` detaches everything."""
 
     def __init__(self, run_dir: Path | None, *, enabled: bool = True, tensorboard: bool = True, console=None):
         self.enabled = enabled and run_dir is not None
@@ -80,7 +81,6 @@ class RunLogger:
             emoji=False,
             soft_wrap=True,  # one line per message, whatever its length (grep-able)
         )
-        self._attach_library_logging()
         self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
@@ -92,8 +92,11 @@ class RunLogger:
 
     # ------------------------------------------------------------------------------- library logs, warnings
 
-    def _attach_library_logging(self) -> None:
-        """Route vireid's logger records (INFO and up) and Python warnings to the console and ``log.txt``."""
+    def attach_library_logging(self) -> None:
+        """Route vireid's logger records (INFO and up) and Python warnings to the console and ``log.txt``
+        until :meth:`close` (the trainer calls this when ``fit`` starts). No-op when disabled or attached."""
+        if not self.enabled or self._handler is not None or self._text is None:
+            return
         library = logging.getLogger(LIBRARY_LOGGER)
         self._handler = _RunLogHandler(self)
         library.addHandler(self._handler)

@@ -352,6 +352,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ training
 
     def fit(self) -> TrainResult:
+        self.logger.attach_library_logging()  # warnings and load reports reach the console and log.txt
         try:
             self._build()
             self._resume()

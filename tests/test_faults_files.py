@@ -109,12 +109,22 @@ def gallery(tmp_path_factory) -> Path:
 def snapshot(folder: Path) -> dict[str, str]:
     """Relative path -> SHA-256 of every file under ``folder`` (to show that nothing was changed or lost).
 
-    The run lock file is left out: it is vireid's own and names whichever process held the run last."""
+    The run lock file is left out: it is vireid's own and names whichever process held the run last. So is the
+    run's ``log.txt``, which is append-only by design (a failed attempt adds its ``error:`` line); tests that
+    touch a run check it with :func:`assert_log_kept`."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != LOCK_FILE
+        if p.is_file() and p.name not in (LOCK_FILE, RUN_LOG)
     }
+
+
+RUN_LOG = "log.txt"
+
+
+def assert_log_kept(before: bytes, run: Path) -> None:
+    """The run log only grew: what it held before the command is still its beginning."""
+    assert (run / RUN_LOG).read_bytes().startswith(before)
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -132,7 +142,9 @@ def assert_one_line_error(code: int, err: str, *words: str) -> None:
 
 
 def child(script: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    # The child computes with as many threads as this process: a resume in this process must be bit-identical to
+    # training done in the child, and CPU kernels sum in another order with another thread count.
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, **kwargs)
 
 
@@ -465,6 +477,7 @@ RESUME = "resume"
 def test_corrupt_checkpoint_files_end_in_one_line(run_copy, capsys, case, damage, command, words):
     damage(run_copy)
     before = snapshot(run_copy)
+    log_before = (run_copy / RUN_LOG).read_bytes()
     if command == RESUME:
         argv = ["train", str(run_copy / "config.yaml"), "--resume", str(run_copy)]
     else:
@@ -473,6 +486,7 @@ def test_corrupt_checkpoint_files_end_in_one_line(run_copy, capsys, case, damage
     assert_one_line_error(code, err, *words)
     after = snapshot(run_copy)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing already written was changed
+    assert_log_kept(log_before, run_copy)
 
 
 def test_planted_pickle_in_trainer_state_is_refused_without_running(run_copy, tmp_path):

@@ -17,9 +17,10 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    # Foundation: errors, typed configs, device/precision choice, the method registry (names -> objects,
+    # Foundation: errors, vireid.files (folder marks, run locks, atomic writes), typed configs, device and precision,
+    # the method registry (names -> objects,
     # imported lazily by name, so configs can find a method's config class without importing methods).
-    ("foundation", ("vireid.errors", "vireid.config", "vireid.devices", "vireid.methods.registry")),
+    ("foundation", ("vireid.errors", "vireid.files", "vireid.config", "vireid.devices", "vireid.methods.registry")),
     # Model chain, lower half: shared networks and losses (no data, no methods).
     ("models", ("vireid.models",)),
     ("losses", ("vireid.losses",)),

@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # ---------------------------------------------------------------------------------------------------- budget
 
@@ -268,6 +269,8 @@ class Plan:
     steps: int | None
     images_per_step: int | None
     facts: dict = field(default_factory=dict)
+    loaded: Any = field(default=None, repr=False, compare=False)
+    """The row's loaded config (without its link keys), shared by its seeds: what the checks compare."""
 
     @property
     def images(self) -> int | None:
@@ -337,8 +340,8 @@ def plan(rows: list[Row], seeds: dict[str, list[int]], out: Path, *, quick: bool
                     "warmup_epochs": cfg.sched.warmup_epochs,
                     "epochs": cfg.train.epochs,
                 }
-                budget = (cfg.train.epochs * iters if iters else None, _images_per_step(cfg), facts)
-            plans.append(Plan(row.name, seed, row.config, overrides, budget[0], budget[1], dict(budget[2])))
+                budget = (cfg.train.epochs * iters if iters else None, _images_per_step(cfg), facts, cfg)
+            plans.append(Plan(row.name, seed, row.config, overrides, budget[0], budget[1], dict(budget[2]), budget[3]))
     check_fair(plans)
     return plans
 

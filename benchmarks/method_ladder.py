@@ -12,12 +12,17 @@ Every row is one line of :data:`ROWS`: a config preset plus overrides. Each fini
 once in ``OUT/runs/<row>/seed<k>/ladder_done.json`` and never rerun, so the ladder can run in the background,
 be stopped at any time and be resumed by the same command; an interrupted training run resumes from its last
 checkpoint. A row whose definition changed after it finished is refused (move its folder away to rerun it).
+Each finished (row, seed) is also copied to the ledger (``--ledger``, default ``OUT/ledger``): its done marker and
+its `vireid test` result JSON, never weights. Kept in git (``--ledger benchmarks/results/method_ladder``), the
+ledger lets a fresh machine skip every row finished elsewhere and still build the tables; a finished teacher
+whose checkpoint a still unfinished student needs is trained again there (its ledger result is kept).
 At the end, one ``vireid compare`` table per method is written to ``OUT/tables/<ladder>/`` and printed.
 
     python benchmarks/method_ladder.py --out ladder --plan                   # print rows and budget, run nothing
     python benchmarks/method_ladder.py --out ladder                          # the whole ladder (hours; resumable)
     python benchmarks/method_ladder.py --out ladder --rows agw idkl_shared   # some rows
     python benchmarks/method_ladder.py --out ladder --seeds 1                # one seed of every row
+    python benchmarks/method_ladder.py --out ladder --ledger benchmarks/results/method_ladder  # results in git
     python benchmarks/method_ladder.py --out quick --quick                   # tiny sizes, 1 seed, 2 rows (< 2 min)
 
 On a machine with few cores shared with other work, ``OMP_NUM_THREADS=1`` is much faster than the default.
@@ -32,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # ---------------------------------------------------------------------------------------------------- budget
 
@@ -123,7 +129,39 @@ class Row:
         return "text" if self.ladder == "dikdnet" else "vi"
 
 
+# IDKL's four switches (issue 14): the release's (the reproduction configs' defaults) and vireid's alternatives,
+# exactly the four keys in which `idkl/sysu_vireid.yaml` differs from `idkl/sysu.yaml` (checked by the tests).
+# Every IDKL row names the release's explicitly, so a later change of the config defaults cannot change a row.
+_IDKL_RELEASE_SWITCHES = (
+    "transfer.mode=mutual",
+    "tgsa.logits=release",
+    "tgsa.cross=release",
+    "confusion.mode=release_pattern",
+)
+_IDKL_VIREID_SWITCHES = (
+    "transfer.mode=distill",
+    "tgsa.logits=neg_distance",
+    "tgsa.cross=aligned",
+    "confusion.mode=uniform",
+)
+# At the ladder's 96 images per step the release uses its non-120 regime, which `idkl/demo` carries
+# (presets/idkl_release_other.yaml: reduced TGSA = 0.1 * (SKL(V, I) + inter), no cross set X). `tgsa.cross` only
+# acts in the full form, so its rows keep the batch-120 weights (presets/idkl_release_120.yaml: full TGSA, inter
+# 0.6, CSA inter 0.8) at 96 images on purpose: `tgsa.regime=force` (the loader otherwise refuses the mismatch).
+_IDKL_FORCED_FULL_TGSA = (
+    "tgsa.form=full",
+    "tgsa.inter_weight=0.6",
+    "tgsa.scale=1.0",
+    "csa.inter_weight=0.8",
+    "tgsa.regime=force",
+)
+_IDKL_BASE = ("sampler.P=12", *_IDKL_RELEASE_SWITCHES)
+# The shared-only rung switches off every term of the specific branch, the purifier, TGSA/CSA and confusion. The
+# specific branch, the purifier and their heads are still built and run (they get exactly zero gradient): no key
+# skips building them, and one would have to touch IDKL's objective (it reads every output field), so only this
+# row's compute is larger than its baseline's, not what it learns.
 _IDKL_SHARED_ONLY = (
+    *_IDKL_BASE,
     "loss.specific.id_weight=0",
     "loss.specific.modality_weight=0",
     "loss.triplet.weight_sp=0",
@@ -142,10 +180,10 @@ _IDKL_SPECIFIC = (
 )
 _IDKL_PURIFIER = (*_IDKL_SPECIFIC, "purifier.enabled=true")
 _IDKL_TRANSFER = (*_IDKL_PURIFIER, "tgsa.enabled=true", "csa.per_sample=true", "csa.per_identity=true")
-_IDKL_RELEASE_SWITCHES = ("transfer.mode=mutual", "tgsa.logits=release", "confusion.mode=release_pattern")
 _DAKD_NO_CUTSWAP = ("cutswap.p=0",)
 _DAKD_TEACHER = ("dakd_teacher_mce", "teacher", "")
 _DAKD_TEACHER_SCRATCH = ("dakd_teacher_scratch", "teacher", "")
+_DIKD_TEACHERS = ("dikd_r2_teachers", "teacher.checkpoint", "teacher")
 
 # The one table of the ladder. The first row of each ladder is the reference of its table (the method's own
 # baseline). P is set so that every VI-ReID row sees IMAGES_PER_STEP images per step (checked by plan()).
@@ -155,58 +193,64 @@ ROWS: tuple[Row, ...] = (
     Row("caj", "baseline", "baseline/demo", ("aug.preset=caj", "sampler.P=8")),
     Row("agw_scratch", "baseline", "baseline/demo", ("aug.preset=agw", "sampler.P=12"), start="scratch"),
     # -- IDKL: shared branch only (its own baseline) -> + specific branch and its supervision -> + purifier
-    #    -> + TGSA/CSA transfer -> + confusion with the release's switches -> full with vireid's switches.
-    #    The specific branch is still built (and idle) in the shared-only row: no key removes it today.
-    Row("idkl_shared", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_SHARED_ONLY), seeds=5),
-    Row("idkl_specific", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_SPECIFIC)),
-    Row("idkl_purifier", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_PURIFIER)),
-    Row("idkl_transfer", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_TRANSFER)),
-    # + confusion (weight 1, the config default) = the full configuration, with the release's or vireid's switches
-    Row("idkl_full_release", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_RELEASE_SWITCHES)),
-    Row("idkl_full", "idkl", "idkl/demo", ("sampler.P=12",), seeds=5, note="vireid's switches"),
-    Row("idkl_shared_scratch", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_SHARED_ONLY), start="scratch"),
-    Row("idkl_full_scratch", "idkl", "idkl/demo", ("sampler.P=12",), start="scratch"),
-    # TODO(method review): add `idkl_tgsa_cross` (tgsa.cross) and a row without the idle specific branch once
-    # those keys exist on the main branch.
+    #    -> + TGSA/CSA transfer -> + confusion = full (release switches) -> full with vireid's switches; the TGSA
+    #    cross set (release vs aligned) in the full TGSA form. All in the release's regime for 96 images except
+    #    the two forced rows.
+    Row("idkl_shared", "idkl", "idkl/demo", _IDKL_SHARED_ONLY, seeds=5, note="specific branch built, idle"),
+    Row("idkl_specific", "idkl", "idkl/demo", _IDKL_SPECIFIC),
+    Row("idkl_purifier", "idkl", "idkl/demo", _IDKL_PURIFIER),
+    Row("idkl_transfer", "idkl", "idkl/demo", _IDKL_TRANSFER),
+    # + confusion (weight 1, the config default) = the full configuration
+    Row("idkl_full", "idkl", "idkl/demo", _IDKL_BASE, seeds=5, note="release switches"),
+    Row("idkl_full_vireid", "idkl", "idkl/demo", (*_IDKL_BASE, *_IDKL_VIREID_SWITCHES), note="tgsa.cross inert"),
+    Row("idkl_tgsa_full", "idkl", "idkl/demo", (*_IDKL_BASE, *_IDKL_FORCED_FULL_TGSA), note="batch-120 weights"),
+    Row(
+        "idkl_tgsa_aligned",
+        "idkl",
+        "idkl/demo",
+        (*_IDKL_BASE, *_IDKL_FORCED_FULL_TGSA, "tgsa.cross=aligned"),
+        note="batch-120 weights",
+    ),
+    Row("idkl_shared_scratch", "idkl", "idkl/demo", _IDKL_SHARED_ONLY, start="scratch"),
+    Row("idkl_full_scratch", "idkl", "idkl/demo", _IDKL_BASE, start="scratch"),
     # -- DAKD: its teacher (MCE; the baseline recipe on the DAKD network) -> student without masking -> with
-    #    masking -> + CutSwap (region = full DAKD; full_image = the release's behaviour) -> student.bn joint; a
-    #    control: the MCE teacher trained for the teacher's plus the student's steps.
+    #    masking -> + CutSwap (region = full DAKD; full_image = the release's behaviour); student.bn per_modality
+    #    (vireid: running statistics per modality; dakd_full) vs per_modality_batch (the release: one shared set)
+    #    vs joint; a control: the MCE teacher trained for the teacher's plus the student's steps.
     Row("dakd_teacher_mce", "dakd", "dakd/demo_teacher", ("sampler.P=8",), seeds=5),
     Row("dakd_teacher_baseline", "dakd", "dakd/demo_teacher_baseline", ("sampler.P=8",)),
     Row("dakd_nomask", "dakd", "dakd/demo", ("sampler.P=12", "mask.rule=none", *_DAKD_NO_CUTSWAP), link=_DAKD_TEACHER),
     Row("dakd_mask", "dakd", "dakd/demo", ("sampler.P=12", *_DAKD_NO_CUTSWAP), link=_DAKD_TEACHER),
-    Row("dakd_full", "dakd", "dakd/demo", ("sampler.P=12", "cutswap.mode=region"), seeds=5, link=_DAKD_TEACHER),
+    Row(
+        "dakd_full",
+        "dakd",
+        "dakd/demo",
+        ("sampler.P=12", "cutswap.mode=region", "student.bn=per_modality"),
+        seeds=5,
+        link=_DAKD_TEACHER,
+    ),
     Row(
         "dakd_cutswap_full_image", "dakd", "dakd/demo", ("sampler.P=12", "cutswap.mode=full_image"), link=_DAKD_TEACHER
     ),
+    Row("dakd_bn_batch", "dakd", "dakd/demo", ("sampler.P=12", "student.bn=per_modality_batch"), link=_DAKD_TEACHER),
     Row("dakd_bn_joint", "dakd", "dakd/demo", ("sampler.P=12", "student.bn=joint"), link=_DAKD_TEACHER),
     Row("dakd_control_long", "dakd", "dakd/demo_teacher", ("sampler.P=8",), steps_factor=2),
     Row("dakd_teacher_scratch", "dakd", "dakd/demo_teacher", ("sampler.P=8",), start="scratch"),
     Row("dakd_full_scratch", "dakd", "dakd/demo", ("sampler.P=12",), start="scratch", link=_DAKD_TEACHER_SCRATCH),
-    # TODO(method review): `student.bn` rows are here; add the review's new DAKD switches when they land.
-    # -- DIKDNet: the existing rungs (configs/dikdnet/ablation), 3 seeds, its own demo budget and init.
+    # -- DIKDNet: the existing rungs (configs/dikdnet/ablation), 3 seeds, its own demo budget and init, with two
+    #    controls of the teachers' gain: r1_long (the student alone for both stages' epochs, one schedule) and
+    #    r1_restart (a student that restarts its schedule from itself, without teachers); and the full model
+    #    without the IKDM adaptor (the boundary acts on the TIR encoder's own feature).
     Row("dikd_r1_separate", "dikdnet", "dikdnet/ablation/r1_separate", start="own"),
     Row("dikd_r0_dcalign", "dikdnet", "dikdnet/ablation/r0_dcalign", start="own"),
     Row("dikd_r1_long", "dikdnet", "dikdnet/ablation/r1_long", start="own"),
+    Row("dikd_r1_restart", "dikdnet", "dikdnet/ablation/r1_restart", start="own"),
     Row("dikd_r2_teachers", "dikdnet", "dikdnet/ablation/r2_teachers", start="own"),
-    Row(
-        "dikd_r3_relation",
-        "dikdnet",
-        "dikdnet/ablation/r3_relation",
-        start="own",
-        link=("dikd_r2_teachers", "teacher.checkpoint", "teacher"),
-    ),
-    Row(
-        "dikd_r4_representation",
-        "dikdnet",
-        "dikdnet/ablation/r4_representation",
-        start="own",
-        link=("dikd_r2_teachers", "teacher.checkpoint", "teacher"),
-    ),
+    Row("dikd_r3_relation", "dikdnet", "dikdnet/ablation/r3_relation", start="own", link=_DIKD_TEACHERS),
+    Row("dikd_r4_representation", "dikdnet", "dikdnet/ablation/r4_representation", start="own", link=_DIKD_TEACHERS),
     Row("dikd_r5_ikdm_m0", "dikdnet", "dikdnet/ablation/r5_ikdm_m0", start="own"),
     Row("dikd_r6_full", "dikdnet", "dikdnet/ablation/r6_full", start="own"),
-    # TODO(method review): the student->student restart control (a student that restarts its schedule without
-    # teachers) and `ikdm.adaptor` rows, once those configs exist.
+    Row("dikd_r6_adaptor_identity", "dikdnet", "dikdnet/ablation/r6_full", ("ikdm.adaptor=identity",), start="own"),
 )
 ROW_BY_NAME = {r.name: r for r in ROWS}
 
@@ -225,6 +269,8 @@ class Plan:
     steps: int | None
     images_per_step: int | None
     facts: dict = field(default_factory=dict)
+    loaded: Any = field(default=None, repr=False, compare=False)
+    """The row's loaded config (without its link keys), shared by its seeds: what the checks compare."""
 
     @property
     def images(self) -> int | None:
@@ -294,8 +340,8 @@ def plan(rows: list[Row], seeds: dict[str, list[int]], out: Path, *, quick: bool
                     "warmup_epochs": cfg.sched.warmup_epochs,
                     "epochs": cfg.train.epochs,
                 }
-                budget = (cfg.train.epochs * iters if iters else None, _images_per_step(cfg), facts)
-            plans.append(Plan(row.name, seed, row.config, overrides, budget[0], budget[1], dict(budget[2])))
+                budget = (cfg.train.epochs * iters if iters else None, _images_per_step(cfg), facts, cfg)
+            plans.append(Plan(row.name, seed, row.config, overrides, budget[0], budget[1], dict(budget[2]), budget[3]))
     check_fair(plans)
     return plans
 
@@ -323,20 +369,19 @@ def check_fair(plans: list[Plan]) -> None:
             raise SystemExit(f"unfair ladder: row {p.row} trains {p.steps} steps, {ref.row} {ref.steps}")
 
 
-def _measured_rate(out: Path) -> float | None:
+def _measured_rate(out: Path, ledger: Path) -> float | None:
     """Seconds per training image over the finished VI-ReID runs of this ladder (None before any)."""
     seconds = images = 0.0
-    for done in (out / "runs").glob("*/seed*/ladder_done.json"):
-        record = json.loads(done.read_text())
+    for record in finished_records(out, ledger).values():
         if record.get("images"):
             seconds += record["seconds"]
             images += record["images"]
     return seconds / images if images else None
 
 
-def print_plan(plans: list[Plan], out: Path, *, quick: bool = False) -> None:
+def print_plan(plans: list[Plan], out: Path, ledger: Path, *, quick: bool = False) -> None:
     """The rows, their budget, and the estimated total CPU time (measured rate when rows have finished)."""
-    rate = _measured_rate(out)
+    rate = _measured_rate(out, ledger)
     source = "measured on finished rows" if rate else "a guess until the first rows finish"
     rate = rate or GUESSED_SECONDS_PER_IMAGE
     print(f"{'row':26s} {'seeds':>6s} {'steps':>6s} {'img/step':>8s} {'images/seed':>11s}  {'start':11s} finished")
@@ -346,11 +391,11 @@ def print_plan(plans: list[Plan], out: Path, *, quick: bool = False) -> None:
         by_row.setdefault(p.row, []).append(p)
         images = p.images or 0
         total_images += images
-        if not (run_dir(out, p.row, p.seed) / "ladder_done.json").is_file():
+        if not is_finished(out, ledger, p.row, p.seed):
             todo_images += images
     for name, row_plans in by_row.items():
         first, row = row_plans[0], ROW_BY_NAME[name]
-        done = sum((run_dir(out, name, p.seed) / "ladder_done.json").is_file() for p in row_plans)
+        done = sum(is_finished(out, ledger, name, p.seed) for p in row_plans)
         print(
             f"{name:26s} {len(row_plans):6d} {first.steps or '-':>6} {first.images_per_step or '-':>8} "
             f"{first.images or '-':>11}  {row.start:11s} {done}/{len(row_plans)}"
@@ -398,8 +443,101 @@ def ensure_data(out: Path, rows: list[Row], *, quick: bool) -> None:
         print(report.describe(), flush=True)
 
 
-def run_one(p: Plan, out: Path, *, quick: bool) -> dict:
-    """Train and test one (row, seed) unless finished; record it at once. Returns the done record."""
+# ------------------------------------------------------------------------------------------- the ledger
+#
+# A finished (row, seed) is recorded twice: in its run folder (``OUT/runs/<row>/seed<k>/ladder_done.json``, next
+# to its weights) and in the ledger (``LEDGER/<row>/seed<k>/``: the done marker and the protocol's result JSON
+# of `vireid test`, a few kB, never weights). The ledger can live in the repository
+# (``--ledger benchmarks/results/method_ladder``): committed, it tells the ladder on another machine which rows
+# are finished, and it holds everything the tables need (``vireid compare`` reads its folders directly).
+
+DONE = "ladder_done.json"
+
+
+def ledger_dir(ledger: Path, row: str, seed: int) -> Path:
+    return ledger / row / f"seed{seed}"
+
+
+def row_spec(p: Plan, out: Path) -> dict:
+    """What defines a (row, seed): its config and overrides, with OUT written ``<out>`` (machine-independent)."""
+    return {"config": p.config, "overrides": [o.replace(str(out), "<out>") for o in p.overrides]}
+
+
+def _read_done(marker: Path, spec: dict, row: str) -> dict | None:
+    """The done record at ``marker`` (None if absent); a record of another definition of the row is refused."""
+    if not marker.is_file():
+        return None
+    record = json.loads(marker.read_text())
+    if record["spec"] != spec:
+        raise SystemExit(
+            f"{marker.parent} was run with another definition of row {row} ({record['spec']}); move the folder "
+            "away to rerun it, or restore the row."
+        )
+    return record
+
+
+def is_finished(out: Path, ledger: Path, row: str, seed: int) -> bool:
+    """Finished here (run folder) or anywhere (ledger)."""
+    return (run_dir(out, row, seed) / DONE).is_file() or (ledger_dir(ledger, row, seed) / DONE).is_file()
+
+
+def finished_records(out: Path, ledger: Path) -> dict[tuple[str, int], dict]:
+    """Every done record of the ladder, keyed by (row, seed); the ledger's copy wins over the run folder's."""
+    records: dict[tuple[str, int], dict] = {}
+    for marker in [*(out / "runs").glob(f"*/seed*/{DONE}"), *ledger.glob(f"*/seed*/{DONE}")]:
+        record = json.loads(marker.read_text())
+        records[(record["row"], record["seed"])] = record
+    return records
+
+
+def result_folders(out: Path, ledger: Path, row: str) -> list[Path]:
+    """One folder with the protocol result per finished seed of ``row``: the ledger's, else the run's ``test``."""
+    found: dict[str, Path] = {}
+    for marker in sorted((ledger / row).glob(f"seed*/{DONE}")):
+        found[marker.parent.name] = marker.parent
+    for marker in sorted((out / "runs" / row).glob(f"seed*/{DONE}")):
+        found.setdefault(marker.parent.name, marker.parent / "test")
+    return [found[k] for k in sorted(found, key=lambda name: int(name.removeprefix("seed")))]
+
+
+def record_in_ledger(p: Plan, out: Path, ledger: Path) -> None:
+    """Copy a finished run's result JSON, then its done marker (last: it says the copy is complete), atomically.
+
+    A (row, seed) already in the ledger keeps its first record (the one its tables were built from)."""
+    target = ledger_dir(ledger, p.row, p.seed)
+    if (target / DONE).is_file():
+        return
+    folder = run_dir(out, p.row, p.seed)
+    target.mkdir(parents=True, exist_ok=True)
+    result = f"{PROTOCOLS[ROW_BY_NAME[p.row].task]}.json"
+    for source in (folder / "test" / result, folder / DONE):
+        tmp = target / f".{source.name}.tmp"
+        shutil.copyfile(source, tmp)
+        tmp.replace(target / source.name)
+
+
+def needs_local_weights(plans: list[Plan], out: Path, ledger: Path) -> set[tuple[str, int]]:
+    """(row, seed) finished only in the ledger whose weights a still unfinished linked row needs here.
+
+    A DAKD student distils from its teacher's checkpoint, a DIKDNet rung 3-4 from rung 2's teachers: on a fresh
+    machine the ledger has their results but not their weights, so they are trained again here (their ledger
+    record, the one in the tables, is kept)."""
+    needed = set()
+    for p in plans:
+        link = ROW_BY_NAME[p.row].link
+        if link is None or is_finished(out, ledger, p.row, p.seed):
+            continue
+        if not (run_dir(out, link[0], p.seed) / DONE).is_file() and is_finished(out, ledger, link[0], p.seed):
+            needed.add((link[0], p.seed))
+    return needed
+
+
+# ----------------------------------------------------------------------------------------------- one run
+
+
+def run_one(p: Plan, out: Path, ledger: Path, *, quick: bool, need_weights: bool = False) -> dict:
+    """Train and test one (row, seed) unless finished here or in the ledger (``need_weights``: unless finished
+    here); record it at once, in the run folder and in the ledger. Returns the done record."""
     from rich.console import Console
 
     from vireid.config import load_config
@@ -408,18 +546,21 @@ def run_one(p: Plan, out: Path, *, quick: bool) -> dict:
     from vireid.engine.trainer import train
 
     folder = run_dir(out, p.row, p.seed)
-    marker = folder / "ladder_done.json"
-    # Paths under OUT are recorded relative to it, so a ladder resumed through another path to OUT still matches.
-    spec = {"config": p.config, "overrides": [o.replace(str(out), "<out>") for o in p.overrides]}
-    if marker.is_file():
-        record = json.loads(marker.read_text())
-        if record["spec"] != spec:
-            raise SystemExit(
-                f"{folder} was run with another definition of row {p.row} ({record['spec']}); move the folder away "
-                "to rerun it, or restore the row."
-            )
+    marker = folder / DONE
+    # Paths under OUT are recorded relative to it, so a ladder resumed through another path to OUT (or on
+    # another machine, through the ledger) still matches.
+    spec = row_spec(p, out)
+    record = _read_done(marker, spec, p.row)
+    if record is not None:
+        record_in_ledger(p, out, ledger)  # runs finished before the ledger existed, or with another --ledger
         print(f"{p.row} seed {p.seed}: finished earlier, kept", flush=True)
         return record
+    elsewhere = _read_done(ledger_dir(ledger, p.row, p.seed) / DONE, spec, p.row)
+    if elsewhere is not None and not need_weights:
+        print(f"{p.row} seed {p.seed}: finished elsewhere (ledger {ledger}), kept", flush=True)
+        return elsewhere
+    if elsewhere is not None:
+        print(f"{p.row} seed {p.seed}: in the ledger, trained again here for the checkpoint a linked row needs")
     started = time.perf_counter()
     cfg = load_config(p.config, p.overrides)
     quiet = Console(quiet=True)
@@ -452,12 +593,13 @@ def run_one(p: Plan, out: Path, *, quick: bool) -> dict:
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(marker)  # atomic: a row is either recorded as finished or not at all
+    record_in_ledger(p, out, ledger)
     r = record["result"]
     print(f"{p.row} seed {p.seed}: R1 {r['R1']:.2f} mAP {r['mAP']:.2f} ({record['seconds']:.0f} s)", flush=True)
     return record
 
 
-def write_tables(out: Path) -> dict[str, Path]:
+def write_tables(out: Path, ledger: Path) -> dict[str, Path]:
     """One ``vireid compare`` table per ladder over the rows with finished seeds (the first is the reference)."""
     from vireid.evaluation.compare import compare_results, load_result_group
 
@@ -465,13 +607,13 @@ def write_tables(out: Path) -> dict[str, Path]:
     for ladder in dict.fromkeys(r.ladder for r in ROWS):
         groups = []
         for row in (r for r in ROWS if r.ladder == ladder):
-            done = sorted((out / "runs" / row.name).glob("seed*/ladder_done.json"))
-            if done:
-                groups.append(load_result_group(",".join(str(d.parent / "test") for d in done), label=row.name))
+            folders = result_folders(out, ledger, row.name)
+            if folders:
+                groups.append(load_result_group(",".join(map(str, folders)), label=row.name))
         if ladder in ("idkl", "dakd"):  # the AGW baseline beside each method, when it has finished seeds
-            agw = sorted((out / "runs" / "agw").glob("seed*/ladder_done.json"))
+            agw = result_folders(out, ledger, "agw")
             if agw and groups:
-                groups.append(load_result_group(",".join(str(d.parent / "test") for d in agw), label="agw"))
+                groups.append(load_result_group(",".join(map(str, agw)), label="agw"))
         if not groups:
             continue
         comparison = compare_results(groups)
@@ -484,12 +626,19 @@ def write_tables(out: Path) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="ladder folder (data, pretrain, runs, tables)")
+    parser.add_argument(
+        "--ledger",
+        default=None,
+        help="folder of finished rows' results and done markers, no weights (default OUT/ledger); "
+        "benchmarks/results/method_ladder keeps them in git, so another machine skips them",
+    )
     parser.add_argument("--rows", nargs="+", default=None, choices=[r.name for r in ROWS], metavar="ROW")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 for every row (default: per row)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, 2 rows (a smoke run)")
     parser.add_argument("--plan", action="store_true", help="print the rows and the budget, run nothing")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    ledger = Path(args.ledger) if args.ledger else out / "ledger"
     names = args.rows or (list(QUICK_ROWS) if args.quick else [r.name for r in ROWS])
     # A row whose run feeds another (a DAKD teacher, DIKDNet's rung-2 teachers) runs first.
     ordered: list[str] = []
@@ -506,15 +655,18 @@ def main(argv: list[str] | None = None) -> int:
         if r.link is not None:
             seeds[r.link[0]] = sorted(set(seeds[r.link[0]]) | set(seeds[r.name]))
     plans = plan(rows, seeds, out, quick=args.quick)
-    print_plan(plans, out, quick=args.quick)
+    print_plan(plans, out, ledger, quick=args.quick)
     if args.plan:
         return 0
-    ensure_data(out, rows, quick=args.quick)
+    retrain = needs_local_weights(plans, out, ledger)
+    todo = [p for p in plans if not is_finished(out, ledger, p.row, p.seed) or (p.row, p.seed) in retrain]
+    # Data and the pretrained backbone only for what still trains (a fresh machine with a full ledger needs none).
+    ensure_data(out, list({ROW_BY_NAME[p.row].name: ROW_BY_NAME[p.row] for p in todo}.values()), quick=args.quick)
     started = time.perf_counter()
     for p in plans:
-        run_one(p, out, quick=args.quick)
-    write_tables(out)
-    print(f"\nladder done in {time.perf_counter() - started:.0f} s; tables in {out / 'tables'}")
+        run_one(p, out, ledger, quick=args.quick, need_weights=(p.row, p.seed) in retrain)
+    write_tables(out, ledger)
+    print(f"\nladder done in {time.perf_counter() - started:.0f} s; tables in {out / 'tables'}; ledger in {ledger}")
     return 0
 
 

@@ -25,7 +25,7 @@ from deploy_fixtures import (
     write_pair_gallery,
 )
 from vireid.cli import main
-from vireid.errors import CheckpointError, ConfigError, DataError, MissingDependencyError, StorageError
+from vireid.errors import CheckpointError, ConfigError, DataError, MissingDependencyError, StorageError, VireidError
 from vireid.index import (
     FeatureFileWriter,
     GalleryIndex,
@@ -369,3 +369,22 @@ def test_vireid_test_visualize_writes_the_worst_query_pictures(tmp_path, ckpt, e
     assert picture.name == "sysu.all.single.random.trial0.worst3.png"
     width, height = Image.open(picture).size
     assert height == 8 + 3 * 150 + 2 * 10 + 8 and 8 + 72 + 16 + 72 + 8 <= width <= 8 + 72 + 16 + 10 * 76 - 4 + 8
+
+
+def test_index_refuses_non_finite_features_naming_the_image(tmp_path, ckpt, gallery):
+    """Before: a model whose output overflowed on some images wrote NaN rows into the index without a word."""
+    root, listed = gallery
+    bad = FeatureExtractor(ckpt)
+    first = listed[0][0]  # the first image of the first batch
+    forward = bad.model.extract
+
+    def extract_with_one_nan_row(*args, **kwargs):
+        out = forward(*args, **kwargs).clone()
+        out[0, 0] = float("nan")  # the first image of every batch
+        return out
+
+    bad.model.extract = extract_with_one_nan_row
+    out = tmp_path / "g.vidx"
+    with pytest.raises(VireidError, match="NaN or infinite features for .*" + first):
+        build_index(bad, root, out, modality="visible")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from vireid.data.readers.layout import IMAGE_SUFFIXES
-from vireid.errors import CheckpointError, ConfigError, DataError, StorageError
+from vireid.errors import CheckpointError, ConfigError, DataError, StorageError, VireidError
 from vireid.files import (
     check_replaceable,
     clean_orphaned_temp_folders,
@@ -527,7 +527,10 @@ def build_index(
     writer: FeatureFileWriter | None = None
     try:
         mark_folder(tmp, "index")
+        written = 0
         for feats in batches:
+            _check_finite(feats, paths, written, images)
+            written += len(feats)
             if writer is None:
                 meta_tags = {"format": INDEX_FORMAT, "vireid": __version__}
                 writer = FeatureFileWriter(tmp / FEATURES_FILE, len(paths), feats.shape[1], meta_tags)
@@ -579,6 +582,20 @@ def build_index(
 
 
 _INDEX_ENTRIES = {FEATURES_FILE, META_FILE, IVF_FILE}
+
+
+def _check_finite(feats: torch.Tensor, paths: list[str], offset: int, images: Path) -> None:
+    """Refuse a batch with NaN or infinite features, naming the first image: an index of such rows ranks
+    nothing correctly (every similarity with them is NaN), and nothing downstream would say why."""
+    finite = torch.isfinite(feats).all(dim=1)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0])
+    raise VireidError(
+        f"the model gave NaN or infinite features for {images / paths[offset + first]} "
+        f"({int((~finite).sum())} of the {len(feats)} images of its batch); no index was written.",
+        fix="check the checkpoint (vireid test on it refuses such features too); with --amp fp16, try --amp none.",
+    )
 
 
 def _check_output(output: Path) -> None:

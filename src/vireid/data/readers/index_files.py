@@ -75,6 +75,11 @@ def read_id_list(path: str) -> list[int]:
     return unique
 
 
+def id_list_line(path: str) -> int:
+    """1-based number of the line :func:`read_id_list` reads (the first non-empty one), for messages."""
+    return next((n for n, line in enumerate(_read_lines(path), start=1) if line.strip()), 1)
+
+
 def read_labelled_list(path: str) -> list[IndexEntry]:
     """Entries of an index file whose lines are ``<relative path> <integer label>``.
 

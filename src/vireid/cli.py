@@ -1,8 +1,10 @@
 """The ``vireid`` command line: a thin layer over the library.
 
 Each sub-command parses its arguments and calls one library function; nothing here computes anything the
-Python API cannot. Errors that vireid raises on purpose (:class:`~vireid.errors.VireidError`) are printed as
-one line naming the problem and the fix, with exit code 2; anything else is a bug and keeps its traceback.
+Python API cannot. Errors that vireid raises on purpose (:class:`~vireid.errors.VireidError`) and errors of
+the environment or of a file's content (``OSError``, non-UTF-8 text, malformed JSON, corrupt safetensors,
+out of memory) are printed as one line naming the problem and the fix, with exit code 2; anything else is a
+bug and keeps its traceback (exit code 1). ``VIREID_DEBUG=1`` shows every traceback.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from vireid.errors import ConfigError, VireidError
+from vireid.errors import ConfigError, VireidError, describe_os_error, unwrap_worker_message
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -23,6 +26,26 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size '{text}' is not HxW, e.g. 128x64") from None
     return h, w
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``, else a one-line usage error naming the allowed range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use an integer >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
 
 
 # ----------------------------------------------------------------------------------------------- handlers
@@ -228,11 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None)
     p.add_argument("--root", default=None)
     p.add_argument("--protocol", action="append", default=None, help="protocol id (repeatable)")
-    p.add_argument("--trials", type=int, default=None, help="number of trials (default: the protocol's)")
+    p.add_argument("--trials", type=POSITIVE, default=None, help="number of trials (default: the protocol's)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/test)")
     p.add_argument("--rerank", default=None, choices=["none", "joint", "query_only"])
     p.add_argument("--flip", action="store_true", default=None, help="flip test-time augmentation")
-    p.add_argument("--visualize", type=int, default=0, metavar="K", help="rank lists of the K worst queries")
+    p.add_argument("--visualize", type=NON_NEGATIVE, default=0, metavar="K", help="rank lists of the K worst queries")
     p.set_defaults(handler=cmd_test)
 
     p = sub.add_parser("demo", help="generate synthetic data, train on the CPU, evaluate, print results")
@@ -248,9 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="visible", choices=["visible", "infrared", "pair"])
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--labels", default=None, metavar="FILE", help="'<relative path> <identity>' per line")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
-    p.add_argument("--ivf", type=int, default=0, metavar="NLIST", help="also build a faiss IVF index (large galleries)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image decoding processes")
+    p.add_argument(
+        "--ivf", type=NON_NEGATIVE, default=0, metavar="NLIST", help="also build a faiss IVF index (large galleries)"
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_index)
 
@@ -260,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query", help="query image")
     g.add_argument("--text", help="query text (DIKDNet checkpoints)")
     p.add_argument("--modality", default="infrared", choices=["visible", "infrared"])
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=POSITIVE, default=10)
     p.add_argument("-o", "--output", default=None, help="rank-list picture (PNG)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "ivf"])
-    p.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (--backend ivf)")
+    p.add_argument("--nprobe", type=POSITIVE, default=16, help="IVF lists to visit (--backend ivf)")
     p.add_argument("--checkpoint", default=None, help="the index's checkpoint, if it has moved")
     p.add_argument("--query-id", type=int, default=None, help="identity of the query (green/red borders)")
     p.add_argument("--device", default=None)
@@ -279,7 +304,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "VIREID_DEBUG"
+"""Set this environment variable to 1 to see the full traceback of every error, including the one-line ones."""
+
+
+def explain_environment_error(exc: BaseException) -> str | None:
+    """One line for an error caused by the environment or by a file's content, or None for anything else.
+
+    Covered: file-system errors (``OSError``: missing, unreadable or looping paths, full or read-only disks),
+    text that is not UTF-8, malformed JSON, corrupt safetensors files, and running out of memory. Anything
+    else is treated as a bug in vireid and keeps its traceback (see :func:`main`).
+    """
+    import json
+
+    text = str(exc)
+    inner = unwrap_worker_message(text)  # an error raised inside a DataLoader worker process
+    if isinstance(exc, OSError):
+        if exc.errno is not None or exc.filename is not None:
+            return str(describe_os_error(exc))
+        return f"{inner or text}" if (inner or text) else None
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"a file is not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}). "
+            "Fix: save text, JSON and YAML files as UTF-8."
+        )
+    if isinstance(exc, UnicodeEncodeError):
+        return (
+            f"text cannot be written as {exc.encoding} ({exc.reason}), probably a file name that is not valid "
+            "UTF-8. Fix: rename the file, or set PYTHONIOENCODING=utf-8:surrogateescape."
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return (
+            f"a JSON file is malformed (line {exc.lineno} column {exc.colno}: {exc.msg}). Fix: restore or re-create it."
+        )
+    if type(exc).__name__ == "SafetensorError":
+        return (
+            f"a safetensors file is corrupt or truncated ({inner or text}). Fix: restore it or use another checkpoint."
+        )
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "out of memory. Fix: lower the batch size (eval.batch_size, --batch-size) or the number of workers."
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``vireid`` command line and return the exit status.
+
+    0: success. 2: a clear error: bad input or options, a missing or corrupt file, a full disk (one line on
+    stderr naming the file or key and the fix). 1: a bug in vireid (full traceback, then one line asking
+    for a report). 130: interrupted. With ``VIREID_DEBUG=1`` every error shows its full traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -290,14 +363,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    prefix = f"vireid {args.command}"
     try:
         return int(args.handler(args) or 0)
     except VireidError as exc:
-        print(f"vireid {args.command}: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vireid {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = explain_environment_error(exc)
+        if debug or message is None:
+            # A genuine bug: never hidden. The traceback is printed, then a line that says what it is.
+            traceback.print_exc()
+            print(
+                f"{prefix}: internal error ({type(exc).__name__}); this is a bug in vireid. Please report it with "
+                "the traceback above.",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{prefix}: error: {message} (set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,22 @@ from vireid.inference import embed_with_flip
 
 DEFAULT_PARITY_BATCHES = (1, 7)
 DEFAULT_ATOL = 1e-4
+MIN_OPSET = 9
+"""Oldest ONNX opset vireid exports to: opset 7-8 lack ``Expand``, which every vireid model's pooling uses
+(measured with torch 2.14: the tiny AGW model exports and passes parity at opsets 9-21)."""
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` if this torch can export vireid models to it, else a :class:`ConfigError` with the range."""
+    from torch.onnx import _constants
+
+    newest = int(_constants.ONNX_MAX_OPSET)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(
+            f"ONNX opset {opset!r} is not supported; vireid exports opsets {MIN_OPSET}..{newest} with this torch.",
+            fix="pass --opset 17 (the default) or another opset in that range.",
+        )
+    return opset
 
 
 class ImageFeatureGraph(nn.Module):
@@ -172,6 +188,7 @@ def export_onnx(
         MissingDependencyError: ``onnx`` (or, with ``check``, ``onnxruntime``) is not installed.
         VireidError: the parity check failed.
     """
+    check_opset(opset)
     onnx = require("onnx", "onnx", "ONNX export")
     if check:
         require("onnxruntime", "onnx", "the ONNX parity check")
@@ -208,17 +225,24 @@ def export_onnx(
         path.parent.mkdir(parents=True, exist_ok=True)
         example = _example_inputs(graph, 2, height, width, seed=0)
         axes = {name: {0: "batch"} for name in [*names, "features"]}
-        with torch.no_grad():
-            torch.onnx.export(
-                graph,
-                example,
-                str(path),
-                input_names=names,
-                output_names=["features"],
-                dynamic_axes=axes,
-                opset_version=opset,
-                dynamo=False,
-            )
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    graph,
+                    example,
+                    str(path),
+                    input_names=names,
+                    output_names=["features"],
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    dynamo=False,
+                )
+        except torch.onnx.errors.OnnxExporterError as exc:  # an operator this opset cannot express
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VireidError(
+                f"ONNX export of {lm.path} ({modality}) at opset {opset} failed: {first}",
+                fix="pass a newer --opset, e.g. 17 (the default).",
+            ) from None
         proto = onnx.load(str(path))
         meta = {
             "vireid.checkpoint": str(lm.path),

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from vireid.engine.loading import LoadedModel, load_model
-from vireid.errors import ProtocolError
+from vireid.errors import ConfigError, ProtocolError
 
 
 def test_checkpoint(
@@ -46,6 +46,15 @@ def test_checkpoint(
     from vireid.evaluation.runner import run_protocol
 
     console = console or Console()
+    # Checked before any work: a negative count would slice trials off the end (-1 ran 9 of 10 trials).
+    for option, value, low in (
+        ("trials", trials, 1),
+        ("visualize", visualize, 0),
+        ("batch_size", batch_size, 1),
+        ("workers", workers, 0),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"{option}={value!r} is out of range; it must be an integer >= {low}.")
     items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     if not items:
         raise ProtocolError("no checkpoint given to test.")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 
-from vireid.config import RunConfig, config_diff, dump_yaml, to_dict
+from vireid.config import RunConfig, config_diff, dump_yaml, to_dict, validate_ranges
 from vireid.engine.checkpoint import CheckpointManager, load_checkpoint, load_trainer_state, rng_state, set_rng_state
 from vireid.engine.distributed import DistContext, barrier, gather_batch_fields, init_distributed
 from vireid.engine.logging import RunLogger, training_progress
@@ -129,6 +129,7 @@ class Trainer:
     ):
         from vireid.methods import get_method
 
+        validate_ranges(cfg, source="run config")  # configs built in Python skip load_config's check
         self.cfg = cfg
         self.method = get_method(cfg.method)
         self.dist: DistContext = init_distributed(device)

@@ -135,6 +135,13 @@ def test_base_loop_names_the_chain(tmp_path, capsys, files, start, chain):
     assert_one_clear_line(code, err, ["_base_ inheritance loops", *chain])
 
 
+def test_config_file_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# caf\u00e9 settings\ntrain:\n  epochs: 2\n".encode("latin-1"))
+    code, err = run_cli(["train", str(path)], capsys)
+    assert_one_clear_line(code, err, ["latin1.yaml is not UTF-8 text", "save the config file as UTF-8"])
+
+
 CLI_OPTION_CASES = [
     (["test", "RUN", "--trials", "-1"], ["--trials", "integer >= 1"]),
     (["test", "RUN", "--trials", "0"], ["--trials", "integer >= 1"]),

@@ -81,6 +81,7 @@ CONFIG_CASES = [
     (["optim.betas=[0.9, 1.5]"], ["'optim.betas' is 1.5", "[0, 1)", "each element"]),
     (["aug.flip=2"], ["'aug.flip' is 2.0", "[0, 1]"]),
     (["data.trial=11"], ["'data.trial' is 11", "[1, 10]"]),
+    (["aug.flip=3", "train.seed=-1"], ["'aug.flip' is 3.0", "'train.seed' is -1", "set aug.flip, train.seed"]),
 ]
 
 
@@ -101,7 +102,7 @@ def test_in_range_values_still_load():
 
 def test_method_section_numbers_must_be_finite():
     # Method sections declare no ranges (yet); a NaN or inf there is still refused by the general rule.
-    with pytest.raises(ConfigError, match=r"'loss\.triplet\.margin' is inf; it must be a finite number"):
+    with pytest.raises(ConfigError, match=r"'loss\.triplet\.margin' is inf but must be a finite number"):
         load_config(None, ["loss.triplet.margin=.inf"])
 
 

@@ -61,8 +61,11 @@ class Range:
         )
 
     def describe(self) -> str:
-        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else "(-inf"
-        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else "inf)"
+        def num(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        low = f"[{num(self.ge)}" if self.ge is not None else f"({num(self.gt)}" if self.gt is not None else "(-inf"
+        high = f"{num(self.le)}]" if self.le is not None else f"{num(self.lt)})" if self.lt is not None else "inf)"
         kind = "an integer" if self.integer else "a finite number"
         return f"{kind} in {low}, {high}"
 
@@ -126,19 +129,28 @@ def unit_interval(default: float) -> Any:
     return bounded(default, ge=0.0, le=1.0)
 
 
-def validate_ranges(cfg: Any, *, source: str = "config", prefix: str = "") -> None:
+def validate_ranges(cfg: Any, *, source: str = "config") -> None:
     """Check every field of a config dataclass tree against its declared ``allowed`` metadata.
 
     Fields without a declared range must still hold finite numbers (a NaN or inf option is never
-    meaningful). Raises :class:`ConfigError` naming ``source``, the dotted key, the value and what is allowed.
+    meaningful). Raises one :class:`ConfigError` naming ``source`` and, for every offending key (all of them,
+    so that one run fixes them all), the value and what is allowed.
     """
+    problems = _range_problems(cfg, prefix="")
+    if problems:
+        keys = ", ".join(key for key, _ in problems)
+        raise ConfigError(f"{source}: {'; '.join(text for _, text in problems)}.", fix=f"set {keys} within range.")
+
+
+def _range_problems(cfg: Any, prefix: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
     if not dataclasses.is_dataclass(cfg):
-        return
+        return problems
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            validate_ranges(value, source=source, prefix=f"{key}.")
+            problems.extend(_range_problems(value, prefix=f"{key}."))
             continue
         allowed = f.metadata.get("allowed")
         items = value if isinstance(value, list | tuple) else [value]
@@ -151,10 +163,9 @@ def validate_ranges(cfg: Any, *, source: str = "config", prefix: str = "") -> No
                 what = "a finite number"
             if not ok:
                 element = " (each element)" if isinstance(value, list | tuple) else ""
-                raise ConfigError(
-                    f"{source}: '{key}' is {item!r}; it must be {what}{element}.",
-                    fix=f"set {key} to a value in that range.",
-                )
+                problems.append((key, f"'{key}' is {item!r} but must be {what}{element}"))
+                break
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------------

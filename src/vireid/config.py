@@ -563,7 +563,7 @@ class ModelConfig:
     non_local: bool = True
     nl_layer2: list[int] = field(default_factory=lambda: [2, 3])
     nl_layer3: list[int] = field(default_factory=lambda: [3, 4, 5])
-    nl_inter_channels: int | str = 1
+    nl_inter_channels: int | str = bounded(1, ge=1, words=("half",))
     """Non-local inner width: 1 reproduces the AGW release (``r // r``); ``half`` = C/2."""
     pooling: Literal["gem", "avg"] = "gem"
     gem_p: float = bounded(3.0, gt=0.0)

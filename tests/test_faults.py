@@ -362,6 +362,21 @@ def _unicode_decode_error() -> UnicodeDecodeError:
     raise AssertionError("b'caf\\xe9' decoded as UTF-8")
 
 
+def _safetensors_error() -> Exception:
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+        try:
+            load_file(path)
+        except Exception as exc:  # safetensors_rust.SafetensorError
+            return exc
+    raise AssertionError("a junk safetensors file loaded")
+
+
 ENVIRONMENT_ERRORS = [
     (
         OSError(errno.ENOSPC, "No space left on device", "/data/run/model.safetensors"),
@@ -373,10 +388,14 @@ ENVIRONMENT_ERRORS = [
     (json.JSONDecodeError("Expecting value", '{"a": }', 6), ["JSON file is malformed", "line 1 column 7"]),
     (_unicode_decode_error(), ["not UTF-8", "0xe9"]),
     (MemoryError(), ["out of memory"]),
+    (_safetensors_error(), ["safetensors file is corrupt"]),
+    (OSError("Truncated File Read"), ["Truncated File Read", "Fix: check the input files"]),
 ]
 
 
-@pytest.mark.parametrize(("exc", "words"), ENVIRONMENT_ERRORS, ids=[type(e).__name__ for e, _ in ENVIRONMENT_ERRORS])
+@pytest.mark.parametrize(
+    ("exc", "words"), ENVIRONMENT_ERRORS, ids=[f"{type(e).__name__}-{i}" for i, (e, _) in enumerate(ENVIRONMENT_ERRORS)]
+)
 def test_cli_reports_environment_errors_as_one_line(monkeypatch, capsys, exc, words):
     def handler(args):
         raise exc

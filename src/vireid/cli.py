@@ -322,7 +322,8 @@ def explain_environment_error(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         if exc.errno is not None or exc.filename is not None:
             return str(describe_os_error(exc))
-        return f"{inner or text}" if (inner or text) else None
+        detail = inner or (text.strip().splitlines() or [""])[0]
+        return f"{detail} Fix: check the input files." if detail else None
     if isinstance(exc, UnicodeDecodeError):
         return (
             f"a file is not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}). "

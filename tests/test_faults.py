@@ -26,6 +26,7 @@ from vireid.config import RunConfig, load_config
 from vireid.data.cache import build_image_cache, decode_resized
 from vireid.data.catalog import get_dataset
 from vireid.data.image_io import load_image
+from vireid.data.readers import SYNTHETIC_MARKER
 from vireid.errors import ConfigError, DataError, VireidError
 from vireid.evaluation.metrics import DegenerateFeaturesWarning, evaluate_embeddings
 
@@ -165,6 +166,15 @@ def test_library_refuses_negative_trials_before_any_work(tmp_path):
         test_checkpoint(tmp_path / "no-checkpoint-needed", trials=-1)
 
 
+def test_more_trials_than_the_protocol_has(tmp_path, sysu_root):
+    from vireid.engine.testing import test_checkpoint
+
+    ckpt = save_tiny_agw(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match=r"trials=11 asked for, but protocol sysu\.all\.single\.random has 10"):
+        test_checkpoint(ckpt, root=str(sysu_root), protocols=["sysu.all.single.random"], trials=11, out=tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
 def test_export_opset_out_of_range(tmp_path, capsys):
     ckpt = save_tiny_agw(tmp_path / "ckpt")
     before = snapshot(tmp_path)
@@ -276,7 +286,9 @@ def test_truncated_jpeg_in_index_workers_is_one_line(tmp_path, capsys):
 
 @pytest.fixture
 def sysu_root(tmp_path) -> Path:
-    return build_sysu(tmp_path / "SYSU-MM01", default_sysu_folders(), (1, 2, 3, 4), (5, 6), (7, 8, 9, 10, 11))
+    root = build_sysu(tmp_path / "SYSU-MM01", default_sysu_folders(), (1, 2, 3, 4), (5, 6), (7, 8, 9, 10, 11))
+    (root / SYNTHETIC_MARKER).write_text("{}")  # a small test set: skip the comparison with the real counts
+    return root
 
 
 def test_symlink_loop_in_dataset_folder(sysu_root, capsys):
@@ -306,6 +318,15 @@ def test_regdb_duplicated_index_line(tmp_path, capsys):
     assert_one_clear_line(code, err, [f"test_visible_1.txt, line {len(lines) + 1}", "already listed on line 2"])
     with pytest.raises(DataError, match="already listed on line 2"):
         get_dataset("regdb", root, trial=1).records("test")
+
+
+def test_latin1_labels_file_names_the_line(tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("a.png 1\ncaf\u00e9.png 2\n".encode("latin-1"))
+    from vireid.data.readers.index_files import read_labelled_list
+
+    with pytest.raises(DataError, match=r"labels\.txt, line 2: byte 0xe9 is not UTF-8.*re-save it as UTF-8"):
+        read_labelled_list(str(labels))
 
 
 def test_latin1_caption_json(tmp_path):

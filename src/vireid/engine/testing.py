@@ -112,6 +112,11 @@ def test_checkpoint(
                 trial_list.append(t)
                 per_trial[t.index] = embedder
         if trials is not None:
+            if trials > len(trial_list):  # running fewer trials than asked for would pass silently
+                raise ConfigError(
+                    f"trials={trials} asked for, but protocol {protocol_id} has {len(trial_list)} trial(s).",
+                    fix=f"pass --trials {len(trial_list)} or fewer (or leave it out to run them all).",
+                )
             trial_list = trial_list[:trials]
         result = run_protocol(
             trial_list,

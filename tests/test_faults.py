@@ -102,9 +102,20 @@ def test_in_range_values_still_load():
 
 
 def test_method_section_numbers_must_be_finite():
-    # Method sections declare no ranges (yet); a NaN or inf there is still refused by the general rule.
-    with pytest.raises(ConfigError, match=r"'loss\.triplet\.margin' is inf but must be a finite number"):
-        load_config(None, ["loss.triplet.margin=.inf"])
+    # IDKL's loss section declares no ranges; a NaN or inf there is still refused by the general rule.
+    with pytest.raises(ConfigError, match=r"'loss\.triplet\.margin' is inf but must be a finite number\."):
+        load_config(None, ["method=idkl", "loss.triplet.margin=.inf"])
+
+
+def test_baseline_loss_ranges():
+    with pytest.raises(
+        ConfigError, match=r"'loss\.triplet\.margin' is -0\.3 but must be a finite number in \[0, inf\)"
+    ):
+        load_config(None, ["loss.triplet.margin=-0.3"])
+    with pytest.raises(
+        ConfigError, match=r"'loss\.id\.label_smoothing' is 1\.0 but must be a finite number in \[0, 1\)"
+    ):
+        load_config(None, ["loss.id.label_smoothing=1.0"])
 
 
 def test_trainer_refuses_out_of_range_config_built_in_python(tmp_path):

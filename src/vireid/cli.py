@@ -28,26 +28,6 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low``, else a one-line usage error naming the allowed range."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; use an integer >= {low}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-POSITIVE = _int_at_least(1)
-NON_NEGATIVE = _int_at_least(0)
-
-
 # ----------------------------------------------------------------------------------------------- handlers
 
 
@@ -251,11 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None)
     p.add_argument("--root", default=None)
     p.add_argument("--protocol", action="append", default=None, help="protocol id (repeatable)")
-    p.add_argument("--trials", type=POSITIVE, default=None, help="number of trials (default: the protocol's)")
+    p.add_argument("--trials", type=int, default=None, help="number of trials (default: the protocol's)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/test)")
     p.add_argument("--rerank", default=None, choices=["none", "joint", "query_only"])
     p.add_argument("--flip", action="store_true", default=None, help="flip test-time augmentation")
-    p.add_argument("--visualize", type=NON_NEGATIVE, default=0, metavar="K", help="rank lists of the K worst queries")
+    p.add_argument("--visualize", type=int, default=0, metavar="K", help="rank lists of the K worst queries")
     p.set_defaults(handler=cmd_test)
 
     p = sub.add_parser("demo", help="generate synthetic data, train on the CPU, evaluate, print results")
@@ -271,11 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="visible", choices=["visible", "infrared", "pair"])
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--labels", default=None, metavar="FILE", help="'<relative path> <identity>' per line")
-    p.add_argument("--batch-size", type=POSITIVE, default=64)
-    p.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image decoding processes")
-    p.add_argument(
-        "--ivf", type=NON_NEGATIVE, default=0, metavar="NLIST", help="also build a faiss IVF index (large galleries)"
-    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    p.add_argument("--ivf", type=int, default=0, metavar="NLIST", help="also build a faiss IVF index (large galleries)")
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_index)
 
@@ -285,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query", help="query image")
     g.add_argument("--text", help="query text (DIKDNet checkpoints)")
     p.add_argument("--modality", default="infrared", choices=["visible", "infrared"])
-    p.add_argument("--top", type=POSITIVE, default=10)
+    p.add_argument("--top", type=int, default=10)
     p.add_argument("-o", "--output", default=None, help="rank-list picture (PNG)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "ivf"])
-    p.add_argument("--nprobe", type=POSITIVE, default=16, help="IVF lists to visit (--backend ivf)")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (--backend ivf)")
     p.add_argument("--checkpoint", default=None, help="the index's checkpoint, if it has moved")
     p.add_argument("--query-id", type=int, default=None, help="identity of the query (green/red borders)")
     p.add_argument("--device", default=None)
@@ -302,6 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(handler=cmd_export)
     return parser
+
+
+OPTION_MINIMUM: dict[tuple[str, str], int] = {
+    ("test", "trials"): 1,
+    ("test", "visualize"): 0,
+    ("index", "batch_size"): 1,
+    ("index", "workers"): 0,
+    ("index", "ivf"): 0,
+    ("search", "top"): 1,
+    ("search", "nprobe"): 1,
+}
+"""Smallest allowed value of each integer option, checked in one place right after parsing (a negative
+``--trials`` used to slice trials off the end, ``--workers -1`` failed deep inside the DataLoader)."""
+
+
+def option_range_error(args: argparse.Namespace) -> str | None:
+    """The message for the first integer option of ``args`` below its minimum in :data:`OPTION_MINIMUM`."""
+    for (command, dest), low in OPTION_MINIMUM.items():
+        value = getattr(args, dest, None) if args.command == command else None
+        if value is not None and value < low:
+            flag = "--" + dest.replace("_", "-")
+            return f"{flag} {value} is out of range; use an integer >= {low}."
+    return None
 
 
 DEBUG_ENV = "VIREID_DEBUG"
@@ -366,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     prefix = f"vireid {args.command}"
+    out_of_range = option_range_error(args)
+    if out_of_range:
+        print(f"{prefix}: error: {out_of_range}", file=sys.stderr)
+        return 2
     try:
         return int(args.handler(args) or 0)
     except VireidError as exc:

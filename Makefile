@@ -10,7 +10,7 @@ STAMP := $(VENV)/.vireid-installed
 # PyTorch is installed first, pinned, so pip never resolves torch to a multi-GB download by accident.
 # Override on other platforms, e.g. make test TORCH_PKGS="torch torchvision".
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,fast,onnx,faiss
+EXTRAS ?= dev,fast,onnx,faiss,text
 
 .PHONY: demo test lint install clean-venv bench
 

@@ -26,7 +26,7 @@ from vireid.losses.feature_kd import (
 from vireid.losses.text_matching import info_nce, similarity_distribution_matching
 from vireid.methods import get_method
 from vireid.methods.base import StepContext
-from vireid.methods.dikdnet import DIKDNetOutput, DIKDNetSide, ckdm_losses, ikdm_loss
+from vireid.methods.dikdnet import DIKDNetOutput, DIKDNetSide, ckdm_losses, ikdm_loss, task_loss
 from vireid.models.text import WordTokenizer
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -68,6 +68,64 @@ def test_info_nce_and_its_one_directional_half():
     col = -sum(float(torch.log_softmax(s[:, j], 0)[j]) for j in range(4)) / 4
     assert float(info_nce(a, b, 0.07)) == pytest.approx((row + col) / 2, rel=1e-9)
     assert float(info_nce(a, b, 0.07, symmetric=False)) == pytest.approx(row, rel=1e-9)
+
+
+def test_info_nce_with_labels_counts_an_exact_duplicate_row_as_a_positive():
+    # rows 0 and 1 are the same (caption, pair) drawn twice; row 2 another identity. Unit vectors, tau 0.5:
+    # S / tau = [[2, 2, 0], [2, 2, 0], [0, 0, 2]].
+    e1, e2 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    feats = torch.stack([e1, e1, e2])
+    labels = torch.tensor([7, 7, 3])
+    e = math.e
+    duplicate_row = -math.log((e**2 + e**2) / (2 * e**2 + 1))  # both identical columns are positives
+    single_row = -math.log(e**2 / (e**2 + 2))
+    expected = (2 * duplicate_row + single_row) / 3  # S is symmetric, so both directions agree
+    got = info_nce(feats, feats.clone(), 0.5, labels=labels)
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    assert float(info_nce(feats, feats.clone(), 0.5, symmetric=False, labels=labels)) == pytest.approx(expected)
+    # the arange targets make the duplicate a negative of itself: a larger loss for a perfect embedding
+    arange_row = -math.log(e**2 / (2 * e**2 + 1))
+    assert float(info_nce(feats, feats.clone(), 0.5)) == pytest.approx((2 * arange_row + single_row) / 3)
+    # labels = arange reproduces the single-positive form
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    assert float(info_nce(a, b, labels=torch.arange(5))) == pytest.approx(float(info_nce(a, b)), rel=1e-12)
+
+
+def test_info_nce_with_labels_matches_a_loop_over_the_multi_positive_formula_in_both_directions():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    tau = 0.1
+
+    def direction(x, y):
+        total = 0.0
+        for i in range(6):
+            scores = [float(F.cosine_similarity(x[i], y[j], dim=0)) / tau for j in range(6)]
+            z = sum(math.exp(s) for s in scores)
+            total += -math.log(sum(math.exp(scores[j]) for j in range(6) if labels[j] == labels[i]) / z)
+        return total / 6
+
+    forward, backward = direction(a, b), direction(b, a)
+    assert float(info_nce(a, b, tau, labels=labels)) == pytest.approx((forward + backward) / 2, rel=1e-10)
+    assert float(info_nce(a, b, tau, symmetric=False, labels=labels)) == pytest.approx(forward, rel=1e-10)
+
+
+def test_task_loss_itc_and_uitc_use_identity_labels_unless_row_positives_are_asked_for():
+    cfg = load_config("dikdnet/demo").loss
+    side = _side_output(b=4, v=1, seed=6, adapted=False)
+    side.view_rgb[1] = side.view_rgb[0]  # an exact duplicate (caption, pair) row
+    side.text[1] = side.text[0]
+    side.text_no_color = side.text.clone()
+    label = torch.tensor([5, 5, 1, 2])
+    rgb, tir = side.view_rgb[:, 0], side.view_tir[:, 0]
+    parts = task_loss(side, label, cfg)
+    assert float(parts["itc_rgb"]) == pytest.approx(float(info_nce(rgb, side.text, labels=label)), rel=1e-6)
+    one_way = info_nce(tir, side.text, symmetric=False, labels=label)
+    assert float(parts["uitc_tir"]) == pytest.approx(float(one_way), rel=1e-6)
+    rows = task_loss(side, label, dataclass_replace(cfg, itc_positives="row"))
+    assert float(rows["itc_rgb"]) == pytest.approx(float(info_nce(rgb, side.text)), rel=1e-6)
+    assert float(rows["itc_rgb"]) > float(parts["itc_rgb"]) + 0.1
 
 
 def test_boundary_loss_is_zero_with_zero_gradient_inside_the_margin():
@@ -168,6 +226,26 @@ def test_ikdm_loss_runs_over_every_view_and_the_text_gate_selects_rows():
         side.ikd_adapted.reshape(-1, d), side.view_rgb.reshape(-1, d), cfg.margin, w
     )
     assert float(ikdm_loss(side, gated)) == pytest.approx(float(expected))
+
+
+def test_reverse_ikdm_term_is_gated_where_tir_matches_the_caption_better():
+    cfg = dataclass_replace(load_config("dikdnet/demo").ikdm, gate="text", reverse_weight=0.5, margin=0.0)
+    side = _side_output(b=6, v=2, seed=7)
+    g = torch.Generator().manual_seed(8)
+    side.ikd_reverse = torch.randn(side.view_rgb.shape, generator=g)
+    d = side.view_rgb.shape[-1]
+    t = side.text.unsqueeze(1)
+    cos_rgb, cos_tir = F.cosine_similarity(t, side.view_rgb, -1), F.cosine_similarity(t, side.view_tir, -1)
+    rgb_better, tir_better = (cos_rgb > cos_tir).reshape(-1), (cos_tir > cos_rgb).reshape(-1)
+    assert bool(rgb_better.any()) and bool(tir_better.any())  # both gates select some rows here
+
+    def hinge(student, target, rows):  # w * max(0, 1 - cos - 0) per row, mean over all rows
+        dist = 1 - F.cosine_similarity(student.reshape(-1, d), target.reshape(-1, d), dim=-1)
+        return float((dist * rows.float()).mean())
+
+    forward = hinge(side.ikd_adapted, side.view_rgb, rgb_better)
+    reverse = hinge(side.ikd_reverse, side.view_tir, tir_better)
+    assert float(ikdm_loss(side, cfg)) == pytest.approx(forward + 0.5 * reverse, rel=1e-6)
 
 
 def dataclass_replace(obj, **changes):
@@ -325,6 +403,54 @@ def test_loss_reads_labels_not_row_positions(text_root):
     assert float(again.total) == pytest.approx(float(loss.total), rel=1e-5)
 
 
+def _teacher_step(text_root, *overrides):
+    """One training forward + loss of a tiny teacher side (with autograd)."""
+    cfg = tiny_cfg(text_root, "role=teacher", *overrides)
+    method = get_method("dikdnet")
+    split = get_dataset("rgbt_pedes", str(text_root)).train_split(holdout="none")
+    tl = method.build_train_loader(cfg, split, DistContext())
+    tl.sampler.set_epoch(0)
+    batch = next(iter(tl.loader))
+    torch.manual_seed(0)
+    model = method.build_model(cfg, split.num_classes).train()
+    ctx = StepContext(epoch=0, iteration=0, global_step=0, dist=DistContext(), cfg=cfg)
+    out = method.forward(model, batch, ctx)
+    return cfg, model, out, method.loss(out, batch, ctx)
+
+
+def test_identity_adaptor_puts_the_ikdm_boundary_on_the_raw_tir_features_and_logs_the_tir_gradient(text_root):
+    _cfg, model, out, loss = _teacher_step(text_root, "ikdm.adaptor=identity", "ikdm.margin=0.0", "ikdm.weight=2.0")
+    assert isinstance(model.ikdm_adaptor, torch.nn.Identity)
+    assert not any("ikdm" in name for name, _ in model.named_parameters())
+    tir, rgb = out.view_tir.detach(), out.view_rgb.detach()
+    cos = F.cosine_similarity(tir, rgb, dim=-1)
+    assert float(loss.parts["ikdm"]) == pytest.approx(float(2.0 * (1 - cos).mean()), rel=1e-5)
+    assert float(loss.diagnostics["ikdm_cos_raw"]) == pytest.approx(float(cos.mean()), rel=1e-5, abs=1e-6)
+    # d/dt [2 * mean_n (1 - cos(t_n, r_n))] = -(2/N) (r/(|t||r|) - cos * t/|t|^2), N = B * V rows
+    n = cos.numel()
+    tn, rn = tir.norm(dim=-1, keepdim=True), rgb.norm(dim=-1, keepdim=True)
+    grad = -(2.0 / n) * (rgb / (tn * rn) - cos.unsqueeze(-1) * tir / tn**2)
+    assert float(loss.diagnostics["ikdm_grad_tir"]) == pytest.approx(float(grad.norm()), rel=1e-4)
+    assert "ikdm_cos_raw" not in loss.parts  # diagnostics are not terms of the loss
+    total = sum(float(v) for v in loss.parts.values())
+    assert float(loss.total.detach()) == pytest.approx(total, rel=1e-6)
+    assert loss.scalars()["ikdm_grad_tir"] == pytest.approx(float(grad.norm()), rel=1e-4)
+
+
+def test_mlp_adaptor_gradient_diagnostic_goes_through_the_adaptor_and_vanishes_inside_the_boundary(text_root):
+    _cfg, model, out, loss = _teacher_step(text_root)  # adaptor mlp, margin 0.2, weight 1
+    tir = out.view_tir.detach().requires_grad_(True)
+    adapted = model.ikdm_adaptor(tir)
+    reference = boundary_constrained_distill(adapted.flatten(0, 1), out.view_rgb.detach().flatten(0, 1), 0.2)
+    (grad,) = torch.autograd.grad(reference, tir)
+    assert float(grad.norm()) > 0
+    assert float(loss.diagnostics["ikdm_grad_tir"]) == pytest.approx(float(grad.norm()), rel=1e-4)
+    cos_adapted = F.cosine_similarity(adapted.detach(), out.view_rgb.detach(), dim=-1).mean()
+    assert float(loss.diagnostics["ikdm_cos_adapted"]) == pytest.approx(float(cos_adapted), rel=1e-5, abs=1e-6)
+    _cfg, _model, _out, off = _teacher_step(text_root, "ikdm.margin=2.0")  # everything inside the boundary
+    assert float(off.diagnostics["ikdm_grad_tir"]) == 0.0
+
+
 @pytest.fixture(scope="module")
 def two_stage_run(text_root, tmp_path_factory):
     from vireid.engine.trainer import train
@@ -346,7 +472,9 @@ def test_two_stage_run_trains_teachers_as_a_nested_run_then_students(two_stage_r
     parts = set().union(*(r.keys() for r in logged if r["kind"] == "train"))
     assert {"sdm", "mlm", "ckdm_rel", "ckdm_rep"} <= parts
     teacher_log = [json.loads(line) for line in (run / "teacher" / "metrics.jsonl").read_text().splitlines()]
-    assert any("ikdm" in r for r in teacher_log if r["kind"] == "train")
+    teacher_train = [r for r in teacher_log if r["kind"] == "train"]
+    assert teacher_train and all("ikdm" in r and -1.0 <= r["ikdm_cos_raw"] <= 1.0 for r in teacher_train)
+    assert any(r["ikdm_grad_tir"] > 0 for r in teacher_train)
 
 
 def test_student_checkpoint_holds_no_teacher_and_inference_needs_none(two_stage_run, text_root):
@@ -391,21 +519,26 @@ def test_vocabulary_round_trips_through_the_checkpoint_sidecar(two_stage_run, te
 
 
 def test_teacher_stays_frozen_and_can_be_reused(two_stage_run, text_root, tmp_path):
-    from safetensors.torch import load_file
-
-    from vireid.engine.trainer import train
+    from vireid.engine.loading import load_model
+    from vireid.engine.trainer import Trainer
 
     _cfg, run, _ = two_stage_run
-    before = load_file(str(run / "teacher" / "checkpoints" / "best" / "model.safetensors"))
-    result = train(
-        tiny_cfg(text_root, f"teacher.checkpoint={run / 'teacher'}", "ckdm.token_mse=1.0", "ikdm.student_weight=0.5"),
-        run_dir=tmp_path / "reuse",
-    )
+    cfg = tiny_cfg(text_root, f"teacher.checkpoint={run / 'teacher'}", "ckdm.token_mse=1.0", "ikdm.student_weight=0.5")
+    trainer = Trainer(cfg, run_dir=tmp_path / "reuse")
+    result = trainer.fit()
     assert not (tmp_path / "reuse" / "teacher").exists()
-    after = load_file(str(run / "teacher" / "checkpoints" / "best" / "model.safetensors"))
-    assert all(torch.equal(before[k], after[k]) for k in before)
     logged = (tmp_path / "reuse" / "metrics.jsonl").read_text()
-    assert "ckdm_tokens" in logged and '"ikdm"' in logged
+    assert "ckdm_tokens" in logged and '"ikdm"' in logged  # the teacher was read in every stage-2 step
+    # the method's own teacher after the stage-2 steps: frozen, in eval mode, every parameter and buffer
+    # (the ResNet's BatchNorm running statistics included) bit-identical to the checkpoint it was loaded from
+    teacher = trainer.method_state["teacher"]
+    assert teacher is not trainer.model
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not any(module.training for module in teacher.modules())
+    reference = load_model(run / "teacher", device="cpu").model.state_dict()
+    after = teacher.state_dict()
+    assert set(after) == set(reference) and any("running_mean" in k for k in after)
+    assert all(torch.equal(after[k], reference[k]) for k in reference)
     assert result.best_checkpoint is not None
 
 
@@ -451,6 +584,18 @@ def test_ikdm_relation_form_averages_the_hinge_over_views():
     )
     assert float(ikdm_loss(side, cfg)) == pytest.approx(float(expected), rel=1e-6)
     assert float(expected) > 0
+
+
+@pytest.mark.parametrize("name", ["dikdnet/rgbt_pedes", "dikdnet/rgbnt201_pedes"])
+def test_paper_scale_configs_use_the_predecessors_adam_eps_and_the_optimiser_gets_it(name):
+    from vireid.engine.optim import ParamGroup, build_optimizer
+
+    cfg = load_config(name)
+    assert cfg.optim.eps == 1e-3  # RGBT-PEDE / IRRA; 1e-8 stays an override (optim.eps=1e-8)
+    optimizer = build_optimizer(cfg.optim, [ParamGroup("encoders", [torch.nn.Parameter(torch.zeros(2))])])
+    assert all(group["eps"] == 1e-3 for group in optimizer.param_groups)
+    assert load_config(name, ["optim.eps=1e-8"]).optim.eps == 1e-8
+    assert load_config("dikdnet/demo").optim.eps == 1e-8  # from-scratch small encoders keep Adam's usual eps
 
 
 def test_test_transform_accepts_one_image_or_a_pair():

@@ -7,6 +7,7 @@ transforms, the optimiser, the protocol) even though every unit test of the part
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,16 @@ def test_quick_demo_writes_results_and_reuses_its_model(sysu_synth, tmp_path):
     for key in ("rank1", "mAP", "mINP", "chance_rank1"):
         assert 0.0 <= saved[key] <= 100.0
     assert saved["reranked"] is False and saved["protocol"] == PROTOCOL and saved["trials"] == 10
-    weights = next((tmp_path / "demo" / "run").rglob("*.safetensors"))
+    # What `vireid compare` reads: per-trial values, the facts that decide comparability, the full result.
+    assert [t["index"] for t in saved["per_trial"]] == list(range(10)) and saved["rerank"] == "none"
+    assert saved["train_seed"] == 0 and saved["data_identity"].startswith("sysu:synthetic(")
+    assert saved["rank1"] == pytest.approx(sum(t["R1"] for t in saved["per_trial"]) / 10)
+    from vireid.evaluation.compare import compare_results
+
+    # the demo folder, and its results.json (which points to the full result): the same result twice
+    same = compare_results([str(tmp_path / "demo"), str(tmp_path / "demo" / "results.json")])
+    assert all(d.mean == 0.0 and d.high == d.low for d in same.differences[0]["metrics"].values())
+    weights = next(Path(first["run"]).rglob("*.safetensors"))
     stamp = weights.stat().st_mtime_ns
     again = run_demo(out=tmp_path / "demo", data=sysu_synth, quick=True)
     assert weights.stat().st_mtime_ns == stamp  # not retrained

@@ -3,7 +3,6 @@ pictures, the CLI, and clear errors for bad input."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from deploy_fixtures import (
     write_pair_gallery,
 )
 from vireid.cli import main
-from vireid.errors import CheckpointError, ConfigError, DataError, MissingDependencyError
+from vireid.errors import CheckpointError, ConfigError, DataError, MissingDependencyError, StorageError
 from vireid.index import (
     FeatureFileWriter,
     GalleryIndex,
@@ -35,6 +34,7 @@ from vireid.index import (
     identity_from_folder,
     identity_from_name,
     open_feature_file,
+    weights_fingerprint,
 )
 from vireid.inference import FeatureExtractor
 from vireid.search import build_ivf, exact_topk, faiss_flat_index, faiss_topk, search_cli
@@ -74,7 +74,7 @@ def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
 
 def test_index_is_safetensors_plus_json_and_complete(index, gallery, extractor, ckpt):
     root, written = gallery
-    assert {p.name for p in index.folder.iterdir()} == {"features.safetensors", "index.json"}
+    assert {p.name for p in index.folder.iterdir()} == {"features.safetensors", "index.json", ".vireid-folder"}
     stored = load_file(str(index.folder / "features.safetensors"))["features"]  # the library's own reader
     expected = extractor([root / rel for rel, _ in written], "visible")
     torch.testing.assert_close(stored, expected, atol=1e-5, rtol=0)
@@ -84,8 +84,8 @@ def test_index_is_safetensors_plus_json_and_complete(index, gallery, extractor, 
     assert meta.pids == [pid for _, pid in written]
     assert meta.identity_source == "folder" and meta.modality == "visible"
     assert (meta.num_items, meta.dim) == (15, extractor.model.feature_dim)
-    sha = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
-    assert meta.checkpoint.weights_sha256 == sha and meta.checkpoint.method == "baseline"
+    # The fingerprint hashes the tensors, not the file bytes (see tests/test_faults_files.py).
+    assert meta.checkpoint.weights_sha256 == weights_fingerprint(ckpt) and meta.checkpoint.method == "baseline"
 
 
 def test_feature_file_is_streamed_in_blocks(tmp_path):
@@ -263,7 +263,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch, ckpt, extractor, in
         build_index(extractor, tmp_path / "broken_gallery", tmp_path / "partial.vidx")
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # nothing half-written is left
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(DataError, match="refusing to overwrite"):
+    with pytest.raises(StorageError, match="refusing to overwrite"):
         build_index(extractor, root, tmp_path / "precious.txt")
     with pytest.raises(ConfigError, match="modality='pair'"):
         build_index(extractor, root, tmp_path / "x.vidx", modality="pair")

@@ -156,6 +156,58 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vireid.evaluation.compare import compare_results
+
+    comparison = compare_results(args.results, metrics=args.metrics, protocol=args.protocol)
+    print(comparison.markdown())
+    if args.out:
+        paths = comparison.save(args.out)
+        print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from vireid.engine.pretrain import PretrainOptions, pretrain_backbone
+
+    options = PretrainOptions(
+        backbone=args.backbone,
+        width=args.width,
+        num_ids=args.ids,
+        data_seed=args.data_seed,
+        height=args.size[0],
+        image_width=args.size[1],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    report = pretrain_backbone(args.out, options, data=args.data)
+    print(report.describe())
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vireid.convert import convert_checkpoint
+
+    # Overrides may follow SRC or --config CONFIG (`SRC --from agw --config C k=v --out D`): both are lists
+    # whose first word is the file / the config, split here (argparse cannot split a list between options).
+    src, overrides = args.src[0], args.src[1:]
+    config = None
+    if args.config:
+        config, overrides = args.config[0], [*overrides, *args.config[1:]]
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"'{bad[0]}' is not a key=value override (vireid convert takes one file and one config).")
+    folder = convert_checkpoint(
+        src, source=args.source, config=config, out=args.out, overrides=overrides, overwrite=args.overwrite
+    )
+    print(f"converted {src} ({args.source}) -> {folder}")
+    print(f"evaluate it with: vireid test {folder} --root DATASET_ROOT   (re-ranking stays off unless --rerank)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -245,6 +297,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(handler=cmd_demo)
 
+    p = sub.add_parser(
+        "compare",
+        help="compare evaluated results: mean ± std, paired differences with 95%% CIs, CMC overlay",
+        description="The first result is the reference. A RESULT is a `vireid test` or `vireid demo` folder, a "
+        "result JSON, or a quoted glob of the seed runs of one configuration ('runs/idkl_seed*'); prefix "
+        "LABEL= to name it. The interval is over seeds when two results share at least two seeds, otherwise "
+        "over trials (see docs/evaluation.md).",
+    )
+    p.add_argument("results", nargs="+", metavar="RESULT")
+    p.add_argument("--metrics", nargs="+", default=["R1", "mAP", "mINP"], help="default: R1 mAP mINP")
+    p.add_argument("--protocol", default=None, help="protocol id, when a folder holds several")
+    p.add_argument("--out", default=None, metavar="DIR", help="write comparison.md/.json and comparison_cmc.png")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone as an identity classifier on a large synthetic set (a stand-in for ImageNet)",
+        description="Generates (or reuses) a synthetic SYSU-layout set with its own generator seed, trains the "
+        "ResNet as a visible+infrared identity classifier and writes OUT/backbone.safetensors, loadable by "
+        "every ResNet config with model.pretrained=OUT/backbone.safetensors.",
+    )
+    p.add_argument("--out", required=True, help="output folder (backbone.safetensors + backbone.json)")
+    p.add_argument("--data", default=None, help="synthetic set folder (default: OUT/data, generated if absent)")
+    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--width", type=int, default=32, help="ResNet stem width (64 = torchvision); default 32")
+    p.add_argument("--ids", type=int, default=1000, help="identities of the generated set (default 1000)")
+    p.add_argument("--data-seed", type=int, default=1000, help="generator seed; keep it off the benchmark's")
+    p.add_argument("--size", type=_size, default=(96, 48), help="image size HxW (default 96x48)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.set_defaults(handler=cmd_pretrain)
+
     p = sub.add_parser("index", help="extract gallery features from a folder of images into an index file")
     p.add_argument("checkpoint")
     p.add_argument("--images", required=True)
@@ -279,6 +366,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default=None, choices=["visible", "infrared", "pair"], help="default: all")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert an authors' released checkpoint (AGW, CAJ, IDKL, DAKD, MCE) into a vireid checkpoint",
+        description="Example: vireid convert sysu_agw_p4_n8_lr_0.1_seed_0_best.t --from agw --config baseline/sysu "
+        "--out runs/agw-release. The file is read without executing its pickle; every tensor must land by the "
+        "source's key table and the architecture must match the config (a mismatch names the override).",
+    )
+    p.add_argument(
+        "src",
+        nargs="+",
+        metavar="SRC [key=value ...]",
+        help="the release's checkpoint file (*_best.t, model_best.pth, ...), then dotted config overrides",
+    )
+    p.add_argument("--from", dest="source", required=True, choices=["agw", "caj", "idkl", "dakd", "mce"])
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        metavar="CONFIG [key=value ...]",
+        help="vireid recipe the file was trained as (YAML or preset, default: the source's), then overrides",
+    )
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(handler=cmd_convert)
     return parser
 
 

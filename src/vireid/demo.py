@@ -6,12 +6,14 @@
    beside chance level; write ``<out>/results.json`` (rank1, mAP, mINP, chance_rank1, in percent).
 
 A second call reuses the trained model when the config is unchanged (delete ``<out>/run`` to retrain).
+``--quick`` trains into ``<out>/run-quick``, so it never touches the full demo's model. A run folder is only
+ever deleted (to retrain after a config change or an interrupted run) when ``vireid demo`` created it
+itself, which its ownership mark records (:mod:`vireid.files`); anything else there is refused.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vireid.config import load_config, to_dict
+from vireid.files import RunLock, create_owned_folder, ensure_folder, folder_kind, remove_owned_folder
+
+DEMO_RUN_KIND = "demo-run"
+"""Ownership mark of the run folders ``vireid demo`` creates (the only runs it may delete)."""
 
 DEMO_PROTOCOLS = {
     "baseline": "sysu.all.single.random",
@@ -67,6 +73,20 @@ def _completed_run(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
     return meta.get("config") == cfg_dict and meta.get("epoch") == cfg_dict["train"]["epochs"]
 
 
+def _remove_demo_run(run_dir: Path, console: Console) -> None:
+    """Delete an unfinished or outdated run of ``vireid demo`` (only one that the demo created, and only
+    while no other process trains into it)."""
+    fix = f"move {run_dir} away (or delete it yourself), or pass another --out."
+    if folder_kind(run_dir) != DEMO_RUN_KIND:  # checked before the lock file is created in someone's folder
+        remove_owned_folder(run_dir, DEMO_RUN_KIND, "demo run folder", fix=fix)  # raises, naming the folder
+    lock = RunLock.acquire(run_dir)
+    try:
+        remove_owned_folder(run_dir, DEMO_RUN_KIND, "demo run folder", fix=fix)
+    finally:
+        lock.release()
+    console.print(f"removed the unfinished or outdated demo run in {run_dir}")
+
+
 def run_demo(
     out: str | Path = "demo_out",
     method: str = "baseline",
@@ -81,8 +101,7 @@ def run_demo(
     from vireid.engine.trainer import train
 
     console = console or Console()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out, "demo output folder (--out)")
     layout = DEMO_LAYOUTS[method]
     data_dir = Path(data) if data is not None else out / "data" / layout
     start = time.perf_counter()
@@ -92,7 +111,8 @@ def run_demo(
         console.print(summary.describe())
     else:
         console.print(f"[bold]1/3[/] using the synthetic set in {data_dir}")
-    overrides = [f"data.root={data_dir}", f"train.out_dir={out}", "train.name=run"]
+    run_name = "run-quick" if quick else "run"  # the quick smoke test never replaces the full demo's model
+    overrides = [f"data.root={data_dir}", f"train.out_dir={out}", f"train.name={run_name}"]
     if quick:
         overrides += ["train.epochs=1", "train.iters_per_epoch=3"]
         if method == "dakd":  # DAKD trains its teacher first, inside the student's run: shorten it too
@@ -101,12 +121,13 @@ def run_demo(
             overrides.append("teacher.epochs=1")
     cfg = load_config(f"{method}/demo", overrides)
     cfg_dict = to_dict(cfg)
-    run_dir = out / "run"
+    run_dir = out / run_name
     if _completed_run(run_dir, cfg_dict):
         console.print(f"[bold]2/3[/] reusing the model trained earlier in {run_dir} (delete it to retrain)")
     else:
         if run_dir.exists():
-            shutil.rmtree(run_dir)
+            _remove_demo_run(run_dir, console)
+        create_owned_folder(run_dir, DEMO_RUN_KIND, "demo run folder")
         console.print(f"[bold]2/3[/] training {method} on the CPU ({cfg.train.epochs} epochs) ...")
         train(cfg, run_dir=run_dir, console=console)
     console.print(f"[bold]3/3[/] evaluating with the {DEMO_PROTOCOLS[method]} protocol ...")
@@ -140,6 +161,13 @@ def run_demo(
         "chance_mINP": chance["mINP"],
         "trials": len(trials),
         "reranked": False,
+        # For `vireid compare`: the facts that decide comparability, the per-trial values, and the full result.
+        "dataset": result.metadata.get("dataset"),
+        "data_identity": result.metadata.get("data_identity"),
+        "rerank": result.metadata.get("rerank", "none"),
+        "train_seed": result.metadata.get("train_seed"),
+        "per_trial": [{"index": t.index, **t.percent} for t in result.trials],
+        "result_file": str(Path("test") / f"{result.protocol_id}.json"),
         "selection": lm.meta.get("selection"),
         "seconds": round(time.perf_counter() - start, 1),
         "data": str(data_dir),

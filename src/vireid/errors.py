@@ -48,6 +48,18 @@ class TrainingError(VireidError, RuntimeError):
     """Training cannot continue (for example the loss became NaN or infinite)."""
 
 
+class StorageError(VireidError, OSError):
+    """A file or folder cannot be written, read or replaced: a read-only or full disk, a file where a folder is
+    expected, or a folder vireid did not create and therefore will not delete.
+
+    Also an :class:`OSError`, so code that already catches ``OSError`` around vireid calls keeps working.
+    """
+
+
+class RunInUseError(VireidError, RuntimeError):
+    """Another process holds the lock of a run folder (two ``vireid train`` runs into one folder)."""
+
+
 class MissingDependencyError(VireidError, ImportError):
     """An optional extra (faiss, onnx, open_clip, transformers) is needed but not installed."""
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from vireid.errors import ConfigError, VireidError, require
+from vireid.files import ensure_folder, storage_error
 from vireid.inference import embed_with_flip
 
 DEFAULT_PARITY_BATCHES = (1, 7)
@@ -222,28 +224,6 @@ def export_onnx(
             graph = ImageFeatureGraph(model, embedder, 0 if modality == "visible" else 1, flip)
             names = ["images"]
         graph.eval()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        example = _example_inputs(graph, 2, height, width, seed=0)
-        axes = {name: {0: "batch"} for name in [*names, "features"]}
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    graph,
-                    example,
-                    str(path),
-                    input_names=names,
-                    output_names=["features"],
-                    dynamic_axes=axes,
-                    opset_version=opset,
-                    dynamo=False,
-                )
-        except torch.onnx.errors.OnnxExporterError as exc:  # an operator this opset cannot express
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VireidError(
-                f"ONNX export of {lm.path} ({modality}) at opset {opset} failed: {first}",
-                fix="pass a newer --opset, e.g. 17 (the default).",
-            ) from None
-        proto = onnx.load(str(path))
         meta = {
             "vireid.checkpoint": str(lm.path),
             "vireid.method": str(lm.meta.get("method")),
@@ -252,11 +232,7 @@ def export_onnx(
             "vireid.output": "L2-normalised features (B, D); cosine similarity = dot product",
             "vireid.flip_tta": str(flip).lower(),
         }
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(path))
+        _write_graph_atomically(onnx, graph, path, names, meta, height, width, opset)
         exported = ExportedGraph(path=path, modality=modality, input_names=names)
         if check:
             exported.diffs = check_parity(graph, path, names, height, width, batch_sizes=batch_sizes)
@@ -270,6 +246,55 @@ def export_onnx(
     return report
 
 
+def _write_graph_atomically(onnx, graph, path: Path, names, meta, height: int, width: int, opset: int) -> None:
+    """Trace ``graph`` into ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A failed export (a read-only folder, a full disk) leaves an existing file at ``path`` as it was and
+    ends in one :class:`~vireid.errors.StorageError` naming the file.
+    """
+    ensure_folder(path.parent, "ONNX output folder (--onnx)")
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        example = _example_inputs(graph, 2, height, width, seed=0)
+        axes = {name: {0: "batch"} for name in [*names, "features"]}
+        with torch.no_grad():
+            torch.onnx.export(
+                graph,
+                example,
+                tmp,
+                input_names=names,
+                output_names=["features"],
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
+        proto = onnx.load(tmp)
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise storage_error(exc, path, "write the ONNX file") from None
+    except torch.onnx.errors.OnnxExporterError as exc:  # an operator this opset cannot express
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VireidError(
+            f"ONNX export to {path} at opset {opset} failed: {first}",
+            fix="pass a newer --opset, e.g. 17 (the default).",
+        ) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def export_onnx_cli(
     checkpoint: str, *, onnx_path: str, opset: int = 17, check: bool = True, modality: str | None = None, console=None
 ) -> ExportReport:
@@ -277,9 +302,16 @@ def export_onnx_cli(
     from rich.console import Console
     from rich.table import Table
 
+    from vireid.engine.testing import converted_from
+
     console = console or Console()
     report = export_onnx(checkpoint, onnx_path, modalities=[modality] if modality else None, opset=opset, check=check)
-    table = Table(title=f"ONNX export of {report.checkpoint} (opset {report.opset})")
+    title = f"ONNX export of {report.checkpoint} (opset {report.opset})"
+    meta_path = Path(report.checkpoint) / "meta.json"
+    converted = converted_from(json.loads(meta_path.read_text())) if meta_path.is_file() else None
+    if converted:
+        title += f", converted from {converted}"
+    table = Table(title=title)
     table.add_column("modality")
     table.add_column("file", overflow="fold")
     table.add_column("inputs")

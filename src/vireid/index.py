@@ -27,9 +27,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +37,17 @@ import numpy as np
 import torch
 
 from vireid.data.readers.layout import IMAGE_SUFFIXES
-from vireid.errors import CheckpointError, ConfigError, DataError
+from vireid.errors import CheckpointError, ConfigError, DataError, StorageError
+from vireid.files import (
+    check_replaceable,
+    clean_orphaned_temp_folders,
+    discard_temp_folder,
+    folder_kind,
+    make_temp_folder,
+    mark_folder,
+    replace_folder,
+    storage_error,
+)
 
 INDEX_FORMAT = "vireid-index"
 INDEX_VERSION = 1
@@ -114,11 +122,35 @@ class IndexMeta:
 
 
 def weights_fingerprint(checkpoint_folder: str | os.PathLike) -> str:
-    """SHA-256 of a checkpoint's ``model.safetensors`` (identifies the weights, whatever the folder is called)."""
+    """SHA-256 of a checkpoint's tensors: every name, dtype, shape and the raw bytes, in sorted name order.
+
+    It identifies the weights whatever the folder is called and however the file was written: hashing the
+    file's bytes instead would also hash the order of the safetensors JSON header, which older writers
+    changed from process to process, so that the same weights saved twice looked like different models.
+    """
+    from safetensors import SafetensorError, safe_open
+
     from vireid.engine.checkpoint import MODEL_FILE
 
+    path = Path(checkpoint_folder) / MODEL_FILE
+    digest = hashlib.sha256(b"vireid-weights-v1")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in sorted(handle.keys()):
+                tensor = handle.get_tensor(name).contiguous()
+                digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"checkpoint weights {path} are unreadable ({exc}).", fix="restore the file or pass another checkpoint."
+        ) from None
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes: the weights fingerprint of indexes written before tensor fingerprints."""
     digest = hashlib.sha256()
-    with open(Path(checkpoint_folder) / MODEL_FILE, "rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -451,10 +483,9 @@ def build_index(
     if not images.is_dir():
         raise DataError(f"gallery folder {images} does not exist or is not a folder.", fix="pass --images DIR.")
     output = Path(output).expanduser()
-    if output.exists() and not (output / META_FILE).is_file():
-        raise DataError(
-            f"{output} exists and is not a vireid index; refusing to overwrite it.", fix="choose another -o path."
-        )
+    # Only a folder that vireid created as an index (its mark) and that holds nothing else is ever replaced;
+    # a user's folder that merely contains a file named index.json is refused.
+    _check_output(output)
     extractor = checkpoint if isinstance(checkpoint, FeatureExtractor) else None
     if extractor is None:
         extractor = FeatureExtractor(checkpoint, device=device, batch_size=batch_size)
@@ -488,10 +519,11 @@ def build_index(
         total = (len(paths) + extractor.batch_size - 1) // extractor.batch_size
         batches = track(batches, total=total, description=f"indexing {len(paths)} images")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    clean_orphaned_temp_folders(output.parent, target_name=output.name)
+    tmp = make_temp_folder(output, "index")
     writer: FeatureFileWriter | None = None
     try:
+        mark_folder(tmp, "index")
         for feats in batches:
             if writer is None:
                 meta_tags = {"format": INDEX_FORMAT, "vireid": __version__}
@@ -526,30 +558,53 @@ def build_index(
             from vireid.search import build_ivf, save_ivf
 
             save_ivf(build_ivf(open_feature_file(tmp / FEATURES_FILE), ivf_lists), tmp / IVF_FILE)
-        _replace_folder(tmp, output)
+        _check_output(output)
+        replace_folder(tmp, output)
+    except OSError as exc:
+        if writer is not None:
+            writer.abort()
+        discard_temp_folder(tmp)
+        if isinstance(exc, StorageError):
+            raise
+        raise storage_error(exc, output, "write the index") from None
     except BaseException:
         if writer is not None:
             writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_temp_folder(tmp)
         raise
     return GalleryIndex.open(output)
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an old index there is removed only once the new one is in place."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
+_INDEX_ENTRIES = {FEATURES_FILE, META_FILE, IVF_FILE}
+
+
+def _check_output(output: Path) -> None:
+    """Refuse ``-o`` unless it is absent or an index vireid wrote (see :func:`vireid.files.check_replaceable`).
+
+    Indexes written before folders were marked are recognised by their content: nothing but index files,
+    and an ``index.json`` of vireid's format.
+    """
+    if output.is_dir() and folder_kind(output) is None and _unmarked_vireid_index(output):
+        return
+    check_replaceable(output, "index", _INDEX_ENTRIES, "index", fix="choose another -o path.")
+
+
+def _unmarked_vireid_index(folder: Path) -> bool:
+    names = {p.name for p in folder.iterdir()}
+    if META_FILE not in names or not names <= _INDEX_ENTRIES:
+        return False
+    try:
+        return json.loads((folder / META_FILE).read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_checkpoint_matches(index: GalleryIndex, checkpoint_folder: str | os.PathLike) -> None:
     """Raise :class:`CheckpointError` unless ``checkpoint_folder`` holds the weights that built ``index``."""
     found = weights_fingerprint(checkpoint_folder)
-    if found != index.meta.checkpoint.weights_sha256:
+    stored = index.meta.checkpoint.weights_sha256
+    legacy = found != stored and _file_sha256(Path(checkpoint_folder) / "model.safetensors") == stored
+    if found != stored and not legacy:
         raise CheckpointError(
             f"the checkpoint {checkpoint_folder} is not the model that built the index {index.folder} "
             f"(weights SHA-256 {found[:12]}... vs {index.meta.checkpoint.weights_sha256[:12]}...); query and "

@@ -15,8 +15,10 @@ from typing import Any
 
 from rich.console import Console
 
+from vireid.engine.checkpoint import atomic_write_text
 from vireid.engine.loading import LoadedModel, load_model
 from vireid.errors import ConfigError, ProtocolError
+from vireid.files import ensure_folder
 
 
 def test_checkpoint(
@@ -60,6 +62,14 @@ def test_checkpoint(
         raise ProtocolError("no checkpoint given to test.")
     models = [c if isinstance(c, LoadedModel) else load_model(c, device=device) for c in items]
     lm = models[0]
+    if out is not None:
+        out_dir = Path(out)
+    elif len(models) == 1:
+        out_dir = lm.path / "test"
+    else:
+        out_dir = Path(os.path.commonpath([str(m.path) for m in models])) / "test_regdb_trials"
+    # Fail before minutes of feature extraction if the results cannot be written (a file, a read-only disk).
+    ensure_folder(out_dir, "test output folder (--out)")
     cfg = lm.cfg
     name = dataset or cfg.data.dataset
     data_root = root or cfg.data.root
@@ -92,12 +102,6 @@ def test_checkpoint(
             k1=cfg.eval.rerank_k1, k2=cfg.eval.rerank_k2, lambda_value=cfg.eval.rerank_lambda, variant=rerank_mode
         )
     use_flip = cfg.eval.flip if flip is None else flip
-    if out is not None:
-        out_dir = Path(out)
-    elif len(models) == 1:
-        out_dir = lm.path / "test"
-    else:
-        out_dir = Path(os.path.commonpath([str(m.path) for m in models])) / "test_regdb_trials"
     embedders = [m.method.embedder(m.model, m.cfg) for m in models]
     transform = lm.method.test_transform(cfg)
     selections = sorted({str(m.meta.get("selection", "unknown")) for m in models})
@@ -132,7 +136,19 @@ def test_checkpoint(
             selection_split=selection,
         )
         paths = [str(m.path) for m in models]
-        result = result.with_metadata(checkpoint=paths[0] if len(paths) == 1 else paths, method=lm.meta.get("method"))
+        seeds = sorted({m.cfg.train.seed for m in models})
+        # Facts `vireid compare` needs to pair results by seed and to refuse results on other data.
+        result = result.with_metadata(
+            checkpoint=paths[0] if len(paths) == 1 else paths,
+            method=lm.meta.get("method"),
+            train_seed=seeds[0] if len(seeds) == 1 else seeds,
+            dataset=result.metadata.get("dataset", name),
+            data_root=str(Path(data_root).resolve()) if data_root else None,
+            data_identity=data_identity(name, data_root),
+        )
+        converted = converted_from(lm.meta)
+        if converted:
+            result = result.with_metadata(converted_from=converted)
         console.print(result.table())
         result.save(out_dir)
         if visualize:
@@ -145,9 +161,31 @@ def test_checkpoint(
             console.print(f"rank lists of the {visualize} worst queries: {picture}")
         results.append(result)
     summary = {r.protocol_id: r.to_dict() for r in results}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     console.print(f"results written to {out_dir}")
     return results
+
+
+def data_identity(dataset: str, root: str | Path | None) -> str:
+    """What the evaluated data is, independent of where it lies: the dataset name, plus the generator settings
+    for a synthetic set (two synthetic SYSU sets of other seeds or sizes are different data)."""
+    from vireid.data.synthetic.layouts import read_marker
+
+    marker = read_marker(root) if root else None
+    if not marker:
+        return dataset
+    options = dict(marker.get("options", {}))
+    options.pop("workers", None)  # does not change the output
+    settings = ",".join(f"{k}={options[k]}" for k in sorted(options))
+    return f"{dataset}:synthetic(layout={marker.get('layout')},v{marker.get('generator_version')},{settings})"
+
+
+def converted_from(meta: dict[str, Any]) -> str | None:
+    """``"agw release file sysu_agw_best.t"`` for a checkpoint written by ``vireid convert``, else ``None``."""
+    info = meta.get("converted")
+    if not isinstance(info, dict):
+        return None
+    return f"{info.get('source')} release file {info.get('file')}"
 
 
 def _regdb_trial(lm: LoadedModel) -> int:

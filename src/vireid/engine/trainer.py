@@ -26,12 +26,21 @@ import torch
 import yaml
 
 from vireid.config import RunConfig, config_diff, dump_yaml, to_dict, validate_ranges
-from vireid.engine.checkpoint import CheckpointManager, load_checkpoint, load_trainer_state, rng_state, set_rng_state
+from vireid.engine.checkpoint import (
+    CheckpointManager,
+    atomic_write_text,
+    load_checkpoint,
+    load_trainer_state,
+    nonfinite_tensors,
+    rng_state,
+    set_rng_state,
+)
 from vireid.engine.distributed import DistContext, barrier, gather_batch_fields, init_distributed
 from vireid.engine.logging import RunLogger, training_progress
 from vireid.engine.optim import build_optimizer, build_scheduler
 from vireid.engine.sync_batchnorm import convert_sync_batchnorm
 from vireid.errors import CheckpointError, ConfigError, TrainingError
+from vireid.files import RunLock, clean_orphaned_temp_folders, create_owned_folder
 from vireid.methods.base import StepContext
 
 
@@ -135,8 +144,13 @@ class Trainer:
         self.dist: DistContext = init_distributed(device)
         self.stop_after_iters = stop_after_iters
         self._check_selection()
-        self.run_dir = self._prepare_run_dir(run_dir, resume, allow_config_change)
-        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, console=console)
+        self._lock: RunLock | None = None
+        try:
+            self.run_dir = self._prepare_run_dir(run_dir, resume, allow_config_change)
+            self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, console=console)
+        except BaseException:
+            self.close()
+            raise
         self.ckpt = CheckpointManager(self.run_dir, keep_last=cfg.train.keep_last)
         self.start_epoch = 0
         self.start_iter = 0
@@ -160,6 +174,26 @@ class Trainer:
                 "eval.allow_test_selection=true (every output is then labelled).",
             )
 
+    def close(self) -> None:
+        """Release the run folder's lock (done by :meth:`fit` when it returns or fails)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _lock_run(self, run_dir: Path) -> None:
+        """Hold the run folder for the whole run (main rank), then remove temporary folders that a killed
+        process left in ``checkpoints/``: under the lock no other writer can be busy there."""
+        if not self.dist.is_main:
+            return
+        self._lock = RunLock.acquire(run_dir)
+        clean_orphaned_temp_folders(run_dir / "checkpoints", assume_orphaned=True)
+
+    @staticmethod
+    def _holds_checkpoints(run_dir: Path) -> bool:
+        # Hidden entries are temporaries of vireid's atomic writes (orphans are cleaned under the lock).
+        folder = run_dir / "checkpoints"
+        return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
     def _prepare_run_dir(self, run_dir, resume, allow_config_change) -> Path:
         cfg = self.cfg
         if resume is not None:
@@ -181,25 +215,32 @@ class Trainer:
                     fix="resume with the same config, or pass --allow-config-change (the change is logged).",
                 )
             self._config_changes = diffs
+            self._lock_run(path)
             return path
         self._config_changes = []
         if run_dir is None:
             run_dir = Path(cfg.train.out_dir) / (cfg.train.name or default_run_name(cfg))
         run_dir = Path(run_dir)
-        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-            raise ConfigError(
-                f"run folder {run_dir} already holds checkpoints.",
-                fix=f"resume it with `vireid train CONFIG --resume {run_dir}`, or choose another train.name.",
-            )
+        refusal = ConfigError(
+            f"run folder {run_dir} already holds checkpoints.",
+            fix=f"resume it with `vireid train CONFIG --resume {run_dir}`, or choose another train.name.",
+        )
+        if self._holds_checkpoints(run_dir):
+            raise refusal
         if self.dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            create_owned_folder(run_dir, "run", "run folder (train.out_dir / train.name)")
+            self._lock_run(run_dir)
+            if self._holds_checkpoints(run_dir):  # another run wrote checkpoints before we held the lock
+                raise refusal
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
             try:
                 from vireid.env_info import collect_info
 
-                (run_dir / "env.json").write_text(json.dumps(collect_info(), indent=2, default=str))
+                info = json.dumps(collect_info(), indent=2, default=str)
             except Exception:  # pragma: no cover - environment probing must never stop training
-                pass
+                info = None
+            if info is not None:
+                atomic_write_text(run_dir / "env.json", info)
         barrier()
         return run_dir
 
@@ -254,9 +295,28 @@ class Trainer:
             return
         folder = self.ckpt.last()
         if folder is None:
-            raise CheckpointError(f"{self.run_dir} has no resumable checkpoint (checkpoints/last.json missing).")
+            if not self._holds_checkpoints(self.run_dir):
+                # Killed before its first checkpoint was complete: resuming = starting that run from the
+                # beginning with its stored config (exactly what a fresh start would compute).
+                self.logger.print(
+                    f"[yellow]{self.run_dir} has no finished checkpoint yet; training it from the beginning.[/]"
+                )
+                return
+            raise CheckpointError(
+                f"{self.run_dir} has no resumable checkpoint ({self.ckpt.dir / 'last.json'} is missing).",
+                fix="pass a run folder whose checkpoints/last.json exists, or start a new run.",
+            )
         loaded = load_checkpoint(folder)
-        missing, unexpected = self.model.load_state_dict(loaded.state_dict, strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(loaded.state_dict, strict=False)
+        except RuntimeError as exc:  # shape mismatches (e.g. --allow-config-change with another model.width)
+            sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+            raise CheckpointError(
+                f"checkpoint {folder} does not fit the model built from the config: "
+                + ("; ".join(sizes[:2]) or str(exc).splitlines()[0]),
+                fix="--allow-config-change cannot change the model's shape (model.* or the dataset's number of "
+                "identities); resume with the stored model settings or start a new run.",
+            ) from None
         if missing or unexpected:
             raise CheckpointError(
                 f"checkpoint {folder} does not fit the model: missing {list(missing)[:5]}, "
@@ -341,6 +401,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ training
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         self._build()
         self._resume()
         cfg = self.cfg
@@ -463,7 +529,28 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._check_finite_weights(ctx, loss)
         return loss
+
+    def _check_finite_weights(self, ctx: StepContext, loss) -> None:
+        """Stop as soon as an optimiser step leaves a NaN/inf parameter or buffer, before any checkpoint
+        could hold it: the loss of that step was still finite, so the loss check alone is not enough."""
+        bad = nonfinite_tensors(self.model.state_dict())
+        if not bad:
+            return
+        last = self.ckpt.last()
+        kept = (
+            f"the last finite checkpoint is {last} and checkpoints/last.json still points to it"
+            if last is not None
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingError(
+            f"the weights became NaN/infinite after the optimiser step at epoch {ctx.epoch + 1}, iteration "
+            f"{ctx.iteration} (global step {ctx.global_step}; loss {float(loss.total):.4g}): {len(bad)} tensors, "
+            f"e.g. {', '.join(bad[:3])}. Nothing was saved from this state; {kept}.",
+            fix="lower optim.lr or set train.grad_clip (e.g. 5.0), then resume from the last checkpoint or start "
+            "a new run.",
+        )
 
     # ---------------------------------------------------------------------------------------- evaluation
 

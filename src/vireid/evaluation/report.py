@@ -201,6 +201,8 @@ class ProtocolResult:
     def _caption(self) -> str:
         meta = self.metadata
         parts = [self.rerank_label]
+        if meta.get("converted_from"):
+            parts.insert(0, f"converted from {meta['converted_from']}")
         for key in ("cmc_variant", "score", "tta", "sampler", "direction", "selection_split"):
             if meta.get(key) not in (None, ""):
                 parts.append(f"{key}={meta[key]}")

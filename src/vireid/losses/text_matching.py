@@ -2,13 +2,14 @@
 
 - :func:`similarity_distribution_matching` (SDM, IRRA ``objectives.compute_sdm``): KL between the softmax of
   scaled cosine similarities and the normalised same-identity label distribution, both directions.
-- :func:`info_nce` (ITC, DCAlign): symmetric InfoNCE where row i of one side matches row i of the other;
-  ``symmetric=False`` gives the one-directional UITC.
+- :func:`info_nce` (ITC, DCAlign): symmetric InfoNCE where row i of one side matches row i of the other,
+  or, with ``labels=``, every row of the same label (multi-positive); ``symmetric=False`` gives the
+  one-directional UITC.
 - :func:`masked_token_cross_entropy` (MLM): cross-entropy over corrupted positions, ``ignore_index`` 0.
 
-Identity labels are passed explicitly. In ITC the positive of row i is row i of the other side: both
-features come from the same batch row (a caption and the pair it describes), never from two rows that
-merely sit at the same position.
+Identity labels are passed explicitly. In ITC without labels the positive of row i is row i of the other
+side: both features come from the same batch row (a caption and the pair it describes), never from two
+rows that merely sit at the same position; with labels, every row of the same identity is a positive too.
 """
 
 from __future__ import annotations
@@ -53,22 +54,52 @@ def similarity_distribution_matching(
 
 
 def info_nce(
-    queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.07, symmetric: bool = True
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    temperature: float = 0.07,
+    symmetric: bool = True,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE between two (B, d) sets whose row i describe the same sample (ITC / UITC).
 
-    S = cos(queries, keys) (B x B); ITC = (CE(S / temperature, I) + CE(S^T / temperature, I)) / 2, where
-    the target of row i is column i. ``symmetric=False`` returns only the queries -> keys term (UITC).
-    Nothing is detached here: pass ``keys.detach()`` for DCAlign's one-way TIR -> colour-free-text term.
+    S = cos(queries, keys) (B x B). Without ``labels`` the positive of row i is column i only:
+    ITC = (CE(S / temperature, I) + CE(S^T / temperature, I)) / 2 (DCAlign's ``arange`` targets).
+
+    With ``labels`` (B,) (row i of both sides carries label y_i) every column of the same label is a
+    positive (multi-positive InfoNCE):
+
+        L_q->k = mean_i -log sum_{j: y_j = y_i} softmax_j(S_i. / temperature),
+
+    and the keys -> queries term is the same on S^T. Why: under the P x K identity sampler a batch holds
+    several captions of one identity, and a caption is reused when its identity runs out of pairs, so two
+    rows can be the same (caption, pair) or the same person. With ``arange`` targets those rows push each
+    other away as negatives; with labels they are positives. ``labels=torch.arange(B)`` equals no labels.
+
+    ``symmetric=False`` returns only the queries -> keys term (UITC). Nothing is detached here: pass
+    ``keys.detach()`` for DCAlign's one-way TIR -> colour-free-text term. Returns a scalar.
     """
     q = F.normalize(at_least_float32(queries), dim=-1)
     k = F.normalize(at_least_float32(keys), dim=-1)
     logits = q @ k.t() / temperature
-    target = torch.arange(logits.shape[0], device=logits.device)
-    forward = F.cross_entropy(logits, target)
+    if labels is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        forward = F.cross_entropy(logits, target)
+        if not symmetric:
+            return forward
+        return 0.5 * (forward + F.cross_entropy(logits.t(), target))
+    if labels.shape != (logits.shape[0],) or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"labels {tuple(labels.shape)} must be (B,) for B x B similarities, got {tuple(logits.shape)}")
+    positive = labels.view(-1, 1) == labels.view(1, -1)
+
+    def one_direction(scores: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+        # -log sum_{positives} softmax = logsumexp(all) - logsumexp(positives); every row has itself.
+        on_positives = scores.masked_fill(~match, float("-inf"))
+        return (torch.logsumexp(scores, dim=1) - torch.logsumexp(on_positives, dim=1)).mean()
+
+    forward = one_direction(logits, positive)
     if not symmetric:
         return forward
-    return 0.5 * (forward + F.cross_entropy(logits.t(), target))
+    return 0.5 * (forward + one_direction(logits.t(), positive.t()))
 
 
 def masked_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 0) -> torch.Tensor:

@@ -21,14 +21,20 @@ if TYPE_CHECKING:
 
 @dataclass
 class LossOutput:
-    """The scalar to optimise and its named parts (detached copies, for logging)."""
+    """The scalar to optimise, its named parts (detached copies, for logging) and diagnostics.
+
+    ``parts`` add up to ``total``; ``diagnostics`` are logged values that are not terms of the loss (for
+    example a cosine or a gradient norm a method wants to watch).
+    """
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
         values = {"loss": float(self.total.detach())}
         values.update({k: float(v.detach()) for k, v in self.parts.items()})
+        values.update({k: float(v.detach()) for k, v in self.diagnostics.items()})
         return values
 
 

@@ -82,9 +82,13 @@ class StudentConfig:
     init: Literal["imagenet", "teacher"] = "imagenet"
     """``imagenet``: ``model.pretrained`` weights (release); ``teacher``: start from the teacher's weights
     (needs the same architecture)."""
-    bn: Literal["per_modality", "joint"] = "per_modality"
-    """``per_modality``: RGB and IR rows go through the student in separate passes (BatchNorm statistics
-    per modality, as the release's two forwards); ``joint``: one pass over all rows."""
+    bn: Literal["per_modality", "per_modality_batch", "joint"] = "per_modality"
+    """``per_modality``: RGB and IR rows go through the student in separate passes (BatchNorm batch
+    statistics per modality, as the release's two forwards) *and* each modality keeps running statistics of
+    its own, which evaluation uses (:class:`~vireid.models.dakd_net.DAKDNet` ``modality_running_stats``);
+    ``per_modality_batch`` (release): separate passes, but one set of running statistics that both passes
+    update, so evaluation normalises both modalities with statistics mixed across them; ``joint``: one pass
+    over all rows. Whether ``joint`` should become the default is left to the method ladder."""
 
 
 @dataclass
@@ -414,9 +418,15 @@ class TeacherState:
         return out
 
 
+_NOT_ARCHITECTURE = ("classifier.", "infrared_bn_stats.")
+"""State-dict prefixes that do not make another architecture: the classifier (its size is the number of
+training identities) and the second set of BatchNorm running statistics of ``student.bn: per_modality``."""
+
+
 def architecture_signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Parameter and buffer names with shapes, classifier excluded: equal signatures = same architecture."""
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    """Parameter and buffer names with shapes, classifier and per-modality BatchNorm statistics excluded:
+    equal signatures = same architecture."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(_NOT_ARCHITECTURE)}
 
 
 def load_teacher(path: str | Path, student: nn.Module, device: torch.device | str) -> TeacherState:
@@ -543,7 +553,10 @@ class DAKDMethod(ImageMethodBase):
     def build_model(self, cfg: DAKDConfig, num_classes: int) -> DAKDNet:
         check_config(cfg)
         # The bias-free classifier exists only when the CE option is on (the release has none).
-        return DAKDNet(cfg.model, num_classes if cfg.loss.ce > 0 else 0)
+        # student.bn=per_modality keeps BatchNorm running statistics per modality (evaluation uses them).
+        return DAKDNet(
+            cfg.model, num_classes if cfg.loss.ce > 0 else 0, modality_running_stats=cfg.student.bn == "per_modality"
+        )
 
     def forward(self, model, batch: CrossModalBatch, ctx: StepContext) -> DAKDOutput:
         state: TeacherState | None = ctx.extras.get("dakd")
@@ -552,7 +565,7 @@ class DAKDMethod(ImageMethodBase):
                 "the DAKD teacher is not loaded.",
                 fix="train DAKD through vireid.engine.trainer, which calls DAKDMethod.on_train_start.",
             )
-        per_modality = ctx.cfg.student.bn == "per_modality"
+        per_modality = ctx.cfg.student.bn != "joint"
         # One student forward per step (the release's duplicate forward is a bug); the per-modality
         # BatchNorm passes happen inside this one call.
         out = model(batch.images, batch.modality, per_modality_bn=per_modality)
@@ -616,6 +629,8 @@ class DAKDMethod(ImageMethodBase):
                     fix="use student.init=imagenet, or a teacher of the same model config.",
                 )
             weights = {k: v for k, v in state.model.state_dict().items() if not k.startswith("classifier.")}
+            # A teacher with one set of BatchNorm running statistics starts both of the student's sets.
+            trainer.model.fill_infrared_statistics(weights)
             trainer.model.load_state_dict(weights, strict=False)
         trainer.method_state["dakd"] = state
         trainer.logger.print(

@@ -47,6 +47,7 @@ CLIP_HF_REPO = "timm/vit_base_patch16_clip_224.openai"
 CLIP_FILES = ("ViT-B-16.pt", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 SOT_ID, EOT_ID, MASK_ID = 49406, 49407, 49405
 PATCH = 16
+"""ViT-B/16's patch size; :class:`ClipImageEncoder` reads the patch size of the model it wraps."""
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -101,22 +102,52 @@ def resolve_clip_weights(spec: str | None) -> Path:
     )
 
 
-def load_clip(weights: str | None, *, pretrained: bool = True) -> nn.Module:
-    """Build open_clip's ViT-B/16 CLIP model (QuickGELU), with OpenAI weights when ``pretrained``.
+def clip_embed_dim(arch: str = CLIP_ARCH) -> int:
+    """The joint embedding width d of open_clip architecture ``arch`` (512 for ViT-B-16), checked for use here.
 
-    ``pretrained=False`` builds the architecture only (inference: the vireid checkpoint supplies every
-    tensor). Raises :class:`~vireid.errors.MissingDependencyError` without ``open_clip``, and
-    :class:`~vireid.errors.WeightsNotFoundError` when no weight file is found.
+    vireid tokenises with CLIP's BPE (vocabulary 49408, ``<|mask|>`` 49405 for MLM), so only architectures
+    whose text tower uses that vocabulary are accepted; a :class:`~vireid.errors.ConfigError` names the key
+    otherwise.
     """
+    open_clip = require("open_clip", "text", "the CLIP encoders of DIKDNet's paper configuration")
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise ConfigError(
+            f"model.clip.arch={arch} is not an open_clip architecture.",
+            fix=f"use {CLIP_ARCH} (the paper's) or a name from open_clip.list_models().",
+        )
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name") or int(text_cfg.get("vocab_size", ClipTokenizer.vocab_size)) != 49408:
+        raise ConfigError(
+            f"model.clip.arch={arch} has a text tower with its own tokeniser; vireid uses CLIP's BPE (49408 tokens).",
+            fix=f"use {CLIP_ARCH} or another OpenAI-style CLIP architecture (e.g. ViT-B-32, ViT-S-32-alt).",
+        )
+    return int(model_cfg["embed_dim"])
+
+
+def load_clip(weights: str | None, *, pretrained: bool = True, arch: str = CLIP_ARCH) -> nn.Module:
+    """Build open_clip's CLIP model ``arch`` (ViT-B/16 by default; QuickGELU), with weights when ``pretrained``.
+
+    ``pretrained=False`` builds the architecture only, randomly initialised (inference: the vireid checkpoint
+    supplies every tensor; tests). Raises :class:`~vireid.errors.MissingDependencyError` without
+    ``open_clip``, and :class:`~vireid.errors.WeightsNotFoundError` when no weight file is found. The cache
+    search only knows ViT-B/16 files, so another ``arch`` needs ``weights`` when ``pretrained``.
+    """
+    if pretrained and arch != CLIP_ARCH and not (weights and str(weights).lower() not in ("auto", "none")):
+        raise WeightsNotFoundError(
+            f"model.clip.arch={arch} with model.clip.load=true needs model.clip.weights (the cache search only "
+            f"finds {CLIP_ARCH} files).",
+            fix="pass model.clip.weights=/path/to/weights for that architecture, or model.clip.load=false.",
+        )
     path = resolve_clip_weights(weights) if pretrained else None
-    open_clip = require("open_clip", "text", "the CLIP ViT-B/16 encoders of DIKDNet's paper configuration")
+    open_clip = require("open_clip", "text", "the CLIP encoders of DIKDNet's paper configuration")
     if path is None:
-        model = open_clip.create_model(CLIP_ARCH, pretrained=None, force_quick_gelu=True)
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True)
     elif path.suffix == ".pt":
         # OpenAI's release is a TorchScript archive; open_clip converts its state dict (QuickGELU included).
         model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
     else:
-        model = open_clip.create_model(CLIP_ARCH, pretrained=str(path), force_quick_gelu=True)
+        model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=True)
     return model.float().cpu()
 
 
@@ -227,14 +258,15 @@ class ClipImageEncoder(nn.Module):
 
     def __init__(self, clip_model: nn.Module, height: int, width: int):
         super().__init__()
-        if height % PATCH or width % PATCH:
-            raise ConfigError(
-                f"data.height x data.width = {height}x{width} is not a multiple of CLIP's 16-pixel patches.",
-                fix="use 384x128 (IRRA) or another multiple of 16.",
-            )
         visual = clip_model.visual
+        patch = int(visual.conv1.stride[0])  # 16 for ViT-B/16; read from the model for other architectures
+        if height % patch or width % patch:
+            raise ConfigError(
+                f"data.height x data.width = {height}x{width} is not a multiple of CLIP's {patch}-pixel patches.",
+                fix=f"use 384x128 (IRRA, ViT-B/16) or another multiple of {patch}.",
+            )
         self.visual = visual
-        self.grid = (height // PATCH, width // PATCH)
+        self.grid = (height // patch, width // patch)
         with torch.no_grad():
             table = interpolate_positional_embedding(visual.positional_embedding.detach(), self.grid)
         visual.positional_embedding = nn.Parameter(table)

@@ -12,6 +12,7 @@ so ImageNet checkpoints load by name; only ``conv1``/``bn1`` move under ``stem.`
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from vireid.models.non_local import NonLocalBlock, resolve_inter_channels
 from vireid.models.weights import load_state_dict_file, resolve_pretrained
 
 logger = logging.getLogger(__name__)
+
+# ``kind`` in the JSON sidecar of a backbone written by ``vireid pretrain`` (vireid.engine.pretrain).
+SYNTHETIC_PRETRAIN_KIND = "vireid.synthetic_pretrain"
 
 ARCHITECTURES: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
@@ -334,5 +338,28 @@ def build_backbone(cfg: ModelConfig) -> ResNetBackbone:
         nl_inter_channels=cfg.nl_inter_channels,
     )
     if path is not None:
+        _check_pretrain_sidecar(path, cfg)
         backbone.load_report = load_backbone_weights(backbone, path)
     return backbone
+
+
+def _check_pretrain_sidecar(path: Path, cfg: ModelConfig) -> None:
+    """A ``vireid pretrain`` file of another depth or width would load only a few tensors: refuse it.
+
+    Tolerant loading suits ImageNet files (their ``fc`` head is expected to be left over), but a pretrained
+    file of width 32 loaded into width 16 would leave every convolution at random init with only a warning.
+    """
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    except (OSError, ValueError):
+        return
+    if not isinstance(meta, dict) or meta.get("kind") != SYNTHETIC_PRETRAIN_KIND:
+        return
+    if (meta.get("backbone"), meta.get("width")) != (cfg.backbone, cfg.width):
+        raise ConfigError(
+            f"model.pretrained={path} is a {meta.get('backbone')} of width {meta.get('width')} (see {sidecar}), "
+            f"but the config builds a {cfg.backbone} of width {cfg.width}.",
+            fix=f"set model.backbone={meta.get('backbone')} model.width={meta.get('width')}, or pretrain one "
+            f"with vireid pretrain --backbone {cfg.backbone} --width {cfg.width}.",
+        )

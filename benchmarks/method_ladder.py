@@ -1,0 +1,522 @@
+"""The method ladder (issue 15): a fair, multi-seed ablation of IDKL, DAKD and DIKDNet against their own baselines.
+
+Every VI-ReID row trains on one synthetic SYSU-MM01-layout set with the same budget (:data:`VI_BUDGET`): the
+same backbone family and width (ResNet-18, width 32), the same input size, the same images per step (96: the
+sampler's P is set per row so that P x K x views = 96, e.g. P 12 x K 4 x 2 views, or P 8 x K 4 x 3 views for
+the CAJ preset's two visible views), the same number of steps and the same schedule shape (linear warm-up, then
+cosine). Each method keeps its own optimiser, losses and augmentation. Rows start from the synthetic pretrained
+backbone of ``vireid pretrain`` (written once into ``OUT/pretrain``; a stand-in for ImageNet), and the key rows
+also from scratch. DIKDNet's rungs run on one synthetic RGBT-PEDES set with their own demo budget.
+
+Every row is one line of :data:`ROWS`: a config preset plus overrides. Each finished (row, seed) is recorded at
+once in ``OUT/runs/<row>/seed<k>/ladder_done.json`` and never rerun, so the ladder can run in the background,
+be stopped at any time and be resumed by the same command; an interrupted training run resumes from its last
+checkpoint. A row whose definition changed after it finished is refused (move its folder away to rerun it).
+At the end, one ``vireid compare`` table per method is written to ``OUT/tables/<ladder>/`` and printed.
+
+    python benchmarks/method_ladder.py --out ladder --plan                   # print rows and budget, run nothing
+    python benchmarks/method_ladder.py --out ladder                          # the whole ladder (hours; resumable)
+    python benchmarks/method_ladder.py --out ladder --rows agw idkl_shared   # some rows
+    python benchmarks/method_ladder.py --out ladder --seeds 1                # one seed of every row
+    python benchmarks/method_ladder.py --out quick --quick                   # tiny sizes, 1 seed, 2 rows (< 2 min)
+
+On a machine with few cores shared with other work, ``OMP_NUM_THREADS=1`` is much faster than the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# ---------------------------------------------------------------------------------------------------- budget
+
+PROTOCOLS = {"vi": "sysu.all.single.random", "text": "text.t2rgbt"}
+IMAGES_PER_STEP = 96
+EPOCHS, ITERS_PER_EPOCH = 30, 20  # 600 steps
+VI_DATA = {"layout": "sysu", "num_ids": 200, "seed": 0}
+TEXT_DATA = {"layout": "rgbt-pedes", "num_ids": 120, "seed": 0}  # the DIKDNet demo's set
+# The pretraining set is disjoint from the benchmark's: another generator seed (1000 vs 0).
+PRETRAIN = {"width": 32, "num_ids": 1000, "data_seed": 1000, "height": 64, "image_width": 32, "steps": 3000}
+VI_BUDGET = (
+    "data.height=64",
+    "data.width=32",
+    "data.workers=1",
+    "model.backbone=resnet18",
+    "model.width=32",
+    f"train.epochs={EPOCHS}",
+    f"train.iters_per_epoch={ITERS_PER_EPOCH}",
+    "train.progress=false",
+    "train.log_every=50",
+    # One schedule shape for every row: 2 warm-up epochs from 10% (linear), then cosine to 0.
+    "sched.name=cosine",
+    "sched.warmup_epochs=2",
+    "sched.warmup_curve=linear",
+    "sched.warmup_start=0.1",
+    "sched.min_lr_factor=0.0",
+    "eval.selection=last",  # no validation passes: the test protocol runs once per finished run
+    "eval.every=0",
+)
+TEXT_BUDGET = ("train.progress=false",)
+# Rough cost of one training image (forward + backward), seconds on 2 shared cores at 64x32, width 32. A GUESS
+# used only until rows of the ladder have finished; the plan then uses the measured rate of the finished runs.
+GUESSED_SECONDS_PER_IMAGE = 0.0035
+# Quick mode: tiny sets and networks, 1 seed, 2 rows, 2 steps, 2 test trials (a smoke run for the test suite).
+QUICK_DATA = {"num_ids": 16, "size": (32, 16), "images_per_camera": (1, 2)}
+QUICK_PRETRAIN = {"width": 8, "num_ids": 12, "height": 32, "image_width": 16, "steps": 2, "batch_size": 8}
+QUICK_OVERRIDES = (
+    "data.height=32",
+    "data.width=16",
+    "data.workers=0",
+    "model.width=8",
+    "sampler.K=2",  # and each row's P halved, so that every row still sees the same images per step (24)
+    "train.epochs=1",
+    "train.iters_per_epoch=2",
+    "sched.warmup_epochs=0",
+    "eval.batch_size=64",
+)
+QUICK_TEXT_OVERRIDES = (
+    "data.height=32",
+    "data.width=16",
+    "model.image.width=8",
+    "sampler.P=4",
+    "train.epochs=1",
+    "train.iters_per_epoch=2",
+    "teacher.epochs=1",
+    "sched.warmup_epochs=0",
+)
+QUICK_ROWS = ("agw", "idkl_full")
+QUICK_TRIALS = 2
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ladder row: a config preset plus overrides, trained for ``seeds`` seeds.
+
+    Attributes:
+        ladder: the table it belongs to (``baseline``, ``idkl``, ``dakd``, ``dikdnet``).
+        start: ``pretrained`` (the synthetic pretrained backbone), ``scratch`` or ``own`` (DIKDNet: its config's).
+        steps_factor: the row trains for this many times the budget's steps (the long controls).
+        link: ``(row, key, suffix)``: pass the same seed's run of ``row`` (plus ``suffix``) as ``key=...``
+            (a DAKD student's ``teacher``, a DIKDNet rung's ``teacher.checkpoint``); that row runs first.
+    """
+
+    name: str
+    ladder: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    seeds: int = 3
+    start: str = "pretrained"
+    steps_factor: int = 1
+    link: tuple[str, str, str] | None = None
+    note: str = ""
+
+    @property
+    def task(self) -> str:
+        return "text" if self.ladder == "dikdnet" else "vi"
+
+
+_IDKL_SHARED_ONLY = (
+    "loss.specific.id_weight=0",
+    "loss.specific.modality_weight=0",
+    "loss.triplet.weight_sp=0",
+    "purifier.enabled=false",
+    "tgsa.enabled=false",
+    "csa.per_sample=false",
+    "csa.per_identity=false",
+    "confusion.weight=0",
+)
+# Each IDKL rung adds one component to the previous one (later overrides win).
+_IDKL_SPECIFIC = (
+    *_IDKL_SHARED_ONLY,
+    "loss.specific.id_weight=1",
+    "loss.specific.modality_weight=1",
+    "loss.triplet.weight_sp=1",
+)
+_IDKL_PURIFIER = (*_IDKL_SPECIFIC, "purifier.enabled=true")
+_IDKL_TRANSFER = (*_IDKL_PURIFIER, "tgsa.enabled=true", "csa.per_sample=true", "csa.per_identity=true")
+_IDKL_RELEASE_SWITCHES = ("transfer.mode=mutual", "tgsa.logits=release", "confusion.mode=release_pattern")
+_DAKD_NO_CUTSWAP = ("cutswap.p=0",)
+_DAKD_TEACHER = ("dakd_teacher_mce", "teacher", "")
+_DAKD_TEACHER_SCRATCH = ("dakd_teacher_scratch", "teacher", "")
+
+# The one table of the ladder. The first row of each ladder is the reference of its table (the method's own
+# baseline). P is set so that every VI-ReID row sees IMAGES_PER_STEP images per step (checked by plan()).
+ROWS: tuple[Row, ...] = (
+    # -- baselines
+    Row("agw", "baseline", "baseline/demo", ("aug.preset=agw", "sampler.P=12"), seeds=5),
+    Row("caj", "baseline", "baseline/demo", ("aug.preset=caj", "sampler.P=8")),
+    Row("agw_scratch", "baseline", "baseline/demo", ("aug.preset=agw", "sampler.P=12"), start="scratch"),
+    # -- IDKL: shared branch only (its own baseline) -> + specific branch and its supervision -> + purifier
+    #    -> + TGSA/CSA transfer -> + confusion with the release's switches -> full with vireid's switches.
+    #    The specific branch is still built (and idle) in the shared-only row: no key removes it today.
+    Row("idkl_shared", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_SHARED_ONLY), seeds=5),
+    Row("idkl_specific", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_SPECIFIC)),
+    Row("idkl_purifier", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_PURIFIER)),
+    Row("idkl_transfer", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_TRANSFER)),
+    # + confusion (weight 1, the config default) = the full configuration, with the release's or vireid's switches
+    Row("idkl_full_release", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_RELEASE_SWITCHES)),
+    Row("idkl_full", "idkl", "idkl/demo", ("sampler.P=12",), seeds=5, note="vireid's switches"),
+    Row("idkl_shared_scratch", "idkl", "idkl/demo", ("sampler.P=12", *_IDKL_SHARED_ONLY), start="scratch"),
+    Row("idkl_full_scratch", "idkl", "idkl/demo", ("sampler.P=12",), start="scratch"),
+    # TODO(method review): add `idkl_tgsa_cross` (tgsa.cross) and a row without the idle specific branch once
+    # those keys exist on the main branch.
+    # -- DAKD: its teacher (MCE; the baseline recipe on the DAKD network) -> student without masking -> with
+    #    masking -> + CutSwap (region = full DAKD; full_image = the release's behaviour) -> student.bn joint; a
+    #    control: the MCE teacher trained for the teacher's plus the student's steps.
+    Row("dakd_teacher_mce", "dakd", "dakd/demo_teacher", ("sampler.P=8",), seeds=5),
+    Row("dakd_teacher_baseline", "dakd", "dakd/demo_teacher_baseline", ("sampler.P=8",)),
+    Row("dakd_nomask", "dakd", "dakd/demo", ("sampler.P=12", "mask.rule=none", *_DAKD_NO_CUTSWAP), link=_DAKD_TEACHER),
+    Row("dakd_mask", "dakd", "dakd/demo", ("sampler.P=12", *_DAKD_NO_CUTSWAP), link=_DAKD_TEACHER),
+    Row("dakd_full", "dakd", "dakd/demo", ("sampler.P=12", "cutswap.mode=region"), seeds=5, link=_DAKD_TEACHER),
+    Row(
+        "dakd_cutswap_full_image", "dakd", "dakd/demo", ("sampler.P=12", "cutswap.mode=full_image"), link=_DAKD_TEACHER
+    ),
+    Row("dakd_bn_joint", "dakd", "dakd/demo", ("sampler.P=12", "student.bn=joint"), link=_DAKD_TEACHER),
+    Row("dakd_control_long", "dakd", "dakd/demo_teacher", ("sampler.P=8",), steps_factor=2),
+    Row("dakd_teacher_scratch", "dakd", "dakd/demo_teacher", ("sampler.P=8",), start="scratch"),
+    Row("dakd_full_scratch", "dakd", "dakd/demo", ("sampler.P=12",), start="scratch", link=_DAKD_TEACHER_SCRATCH),
+    # TODO(method review): `student.bn` rows are here; add the review's new DAKD switches when they land.
+    # -- DIKDNet: the existing rungs (configs/dikdnet/ablation), 3 seeds, its own demo budget and init.
+    Row("dikd_r1_separate", "dikdnet", "dikdnet/ablation/r1_separate", start="own"),
+    Row("dikd_r0_dcalign", "dikdnet", "dikdnet/ablation/r0_dcalign", start="own"),
+    Row("dikd_r1_long", "dikdnet", "dikdnet/ablation/r1_long", start="own"),
+    Row("dikd_r2_teachers", "dikdnet", "dikdnet/ablation/r2_teachers", start="own"),
+    Row(
+        "dikd_r3_relation",
+        "dikdnet",
+        "dikdnet/ablation/r3_relation",
+        start="own",
+        link=("dikd_r2_teachers", "teacher.checkpoint", "teacher"),
+    ),
+    Row(
+        "dikd_r4_representation",
+        "dikdnet",
+        "dikdnet/ablation/r4_representation",
+        start="own",
+        link=("dikd_r2_teachers", "teacher.checkpoint", "teacher"),
+    ),
+    Row("dikd_r5_ikdm_m0", "dikdnet", "dikdnet/ablation/r5_ikdm_m0", start="own"),
+    Row("dikd_r6_full", "dikdnet", "dikdnet/ablation/r6_full", start="own"),
+    # TODO(method review): the student->student restart control (a student that restarts its schedule without
+    # teachers) and `ikdm.adaptor` rows, once those configs exist.
+)
+ROW_BY_NAME = {r.name: r for r in ROWS}
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+@dataclass
+class Plan:
+    """What one (row, seed) will run: its config overrides and its budget."""
+
+    row: str
+    seed: int
+    config: str
+    overrides: list[str]
+    steps: int | None
+    images_per_step: int | None
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> int | None:
+        return self.steps * self.images_per_step if self.steps and self.images_per_step else None
+
+
+def row_overrides(row: Row, seed: int, out: Path, *, quick: bool) -> list[str]:
+    """The dotted overrides of ``row`` for ``seed``: data, budget, start, the row's own keys, links."""
+    if row.task == "vi":
+        overrides = [f"data.root={out / 'data' / 'sysu'}", *VI_BUDGET, *row.overrides]
+        if row.steps_factor != 1:
+            overrides.append(f"train.epochs={EPOCHS * row.steps_factor}")
+        if row.start == "pretrained":
+            overrides.append(f"model.pretrained={out / 'pretrain' / 'backbone.safetensors'}")
+        else:
+            overrides.append("model.pretrained=none")
+    else:
+        overrides = [f"data.root={out / 'data' / 'rgbt-pedes'}", *TEXT_BUDGET, *row.overrides]
+    overrides.append(f"train.seed={seed}")
+    if quick:
+        overrides += list(QUICK_OVERRIDES if row.task == "vi" else QUICK_TEXT_OVERRIDES)
+        if row.task == "vi":
+            p = next(int(o.split("=", 1)[1]) for o in reversed(row.overrides) if o.startswith("sampler.P="))
+            overrides.append(f"sampler.P={p // 2}")
+    if row.link is not None:
+        source, key, suffix = row.link
+        target = run_dir(out, source, seed)
+        overrides.append(f"{key}={target / suffix if suffix else target}")
+    return overrides
+
+
+def run_dir(out: Path, row: str, seed: int) -> Path:
+    return out / "runs" / row / f"seed{seed}"
+
+
+def _images_per_step(cfg) -> int | None:
+    """P x K x (visible views + infrared views) for the cross-modal samplers; None where it does not apply."""
+    from vireid.data.transforms.presets import build_train_views
+
+    if cfg.method == "dikdnet":
+        return cfg.sampler.P * cfg.sampler.K
+    views = build_train_views(cfg.aug, getattr(cfg, "cutswap", None), cfg.data.height, cfg.data.width)
+    return cfg.sampler.P * cfg.sampler.K * (views.num_visible_views + views.num_infrared_views)
+
+
+def plan(rows: list[Row], seeds: dict[str, list[int]], out: Path, *, quick: bool) -> list[Plan]:
+    """Load every (row, seed) config (catching config errors before any training) and record its budget."""
+    from vireid.config import load_config
+
+    plans = []
+    for row in rows:
+        budget: tuple | None = None
+        for seed in seeds[row.name]:
+            overrides = row_overrides(row, seed, out, quick=quick)
+            if budget is None:  # the seed changes no budget fact: load each row's config once (omegaconf is slow)
+                # Links need not exist yet: they only name another run's folder.
+                links = ("teacher=", "teacher.checkpoint=")
+                cfg = load_config(row.config, [o for o in overrides if not o.startswith(links)])
+                iters = cfg.train.iters_per_epoch
+                model = getattr(cfg, "model", None)
+                facts = {
+                    "method": cfg.method,
+                    "backbone": getattr(model, "backbone", None),
+                    "width": getattr(model, "width", None),
+                    "input": f"{cfg.data.height}x{cfg.data.width}",
+                    "sched": cfg.sched.name,
+                    "warmup_epochs": cfg.sched.warmup_epochs,
+                    "epochs": cfg.train.epochs,
+                }
+                budget = (cfg.train.epochs * iters if iters else None, _images_per_step(cfg), facts)
+            plans.append(Plan(row.name, seed, row.config, overrides, budget[0], budget[1], dict(budget[2])))
+    check_fair(plans)
+    return plans
+
+
+def check_fair(plans: list[Plan]) -> None:
+    """Every VI-ReID row must share backbone, width, input, images per step and schedule; steps scale only by
+    the row's ``steps_factor``. Raises SystemExit naming the first row that differs."""
+    vi = [p for p in plans if ROW_BY_NAME[p.row].task == "vi"]
+    if not vi:
+        return
+    ref = vi[0]
+    keys = ("backbone", "width", "input", "sched", "warmup_epochs")
+    for p in vi[1:]:
+        for key in keys:
+            if p.facts[key] != ref.facts[key]:
+                raise SystemExit(
+                    f"unfair ladder: row {p.row} has {key}={p.facts[key]}, row {ref.row} has {ref.facts[key]}"
+                )
+        if p.images_per_step != ref.images_per_step:
+            raise SystemExit(
+                f"unfair ladder: row {p.row} uses {p.images_per_step} images per step, {ref.row} {ref.images_per_step}"
+            )
+        factor = ROW_BY_NAME[p.row].steps_factor / ROW_BY_NAME[ref.row].steps_factor
+        if p.steps is None or ref.steps is None or p.steps != ref.steps * factor:
+            raise SystemExit(f"unfair ladder: row {p.row} trains {p.steps} steps, {ref.row} {ref.steps}")
+
+
+def _measured_rate(out: Path) -> float | None:
+    """Seconds per training image over the finished VI-ReID runs of this ladder (None before any)."""
+    seconds = images = 0.0
+    for done in (out / "runs").glob("*/seed*/ladder_done.json"):
+        record = json.loads(done.read_text())
+        if record.get("images"):
+            seconds += record["seconds"]
+            images += record["images"]
+    return seconds / images if images else None
+
+
+def print_plan(plans: list[Plan], out: Path, *, quick: bool = False) -> None:
+    """The rows, their budget, and the estimated total CPU time (measured rate when rows have finished)."""
+    rate = _measured_rate(out)
+    source = "measured on finished rows" if rate else "a guess until the first rows finish"
+    rate = rate or GUESSED_SECONDS_PER_IMAGE
+    print(f"{'row':26s} {'seeds':>6s} {'steps':>6s} {'img/step':>8s} {'images/seed':>11s}  {'start':11s} finished")
+    total_images = todo_images = 0
+    by_row: dict[str, list[Plan]] = {}
+    for p in plans:
+        by_row.setdefault(p.row, []).append(p)
+        images = p.images or 0
+        total_images += images
+        if not (run_dir(out, p.row, p.seed) / "ladder_done.json").is_file():
+            todo_images += images
+    for name, row_plans in by_row.items():
+        first, row = row_plans[0], ROW_BY_NAME[name]
+        done = sum((run_dir(out, name, p.seed) / "ladder_done.json").is_file() for p in row_plans)
+        print(
+            f"{name:26s} {len(row_plans):6d} {first.steps or '-':>6} {first.images_per_step or '-':>8} "
+            f"{first.images or '-':>11}  {row.start:11s} {done}/{len(row_plans)}"
+        )
+    vi = [p for p in plans if ROW_BY_NAME[p.row].task == "vi"]
+    if vi:
+        f = vi[0].facts
+        print(
+            f"VI-ReID budget: {f['backbone']} width {f['width']}, {f['input']} input, {vi[0].images_per_step} images "
+            f"per step, {vi[0].steps} steps ({f['sched']}, {f['warmup_epochs']} warm-up epochs); "
+            f"test: {PROTOCOLS['vi']} ({QUICK_TRIALS if quick else 10} random galleries)"
+        )
+    print(
+        f"{len(plans)} runs; {total_images:,} training images counted ({todo_images:,} still to run), "
+        f"about {todo_images * rate / 3600:.1f} h of CPU left at {rate * 1000:.2f} ms per image ({source}); "
+        "DAKD students also run their teacher forward, and DIKDNet rows (their own budget) are not counted."
+    )
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+
+def ensure_data(out: Path, rows: list[Row], *, quick: bool) -> None:
+    """Generate the benchmark sets (and pretrain the backbone) that the selected rows need, once."""
+    from vireid.data.synthetic import SynthOptions, write_layout
+
+    for task, spec in (("vi", VI_DATA), ("text", TEXT_DATA)):
+        if not any(r.task == task for r in rows):
+            continue
+        folder = out / "data" / spec["layout"]
+        if (folder / "vireid_synthetic.json").is_file():
+            continue
+        options = SynthOptions(num_ids=spec["num_ids"], seed=spec["seed"], workers=2)
+        if quick:
+            options = SynthOptions(seed=spec["seed"], workers=1, **QUICK_DATA)
+        print(f"generating the synthetic {spec['layout']} set in {folder} ...", flush=True)
+        write_layout(spec["layout"], folder, options, overwrite=True)
+    if any(r.start == "pretrained" for r in rows):
+        from vireid.engine.pretrain import PretrainOptions, pretrain_backbone
+
+        spec = {**PRETRAIN, **(QUICK_PRETRAIN if quick else {})}
+        if quick:
+            spec["images_per_camera"] = QUICK_DATA["images_per_camera"]
+        report = pretrain_backbone(out / "pretrain", PretrainOptions(**spec), log=None if quick else print)
+        print(report.describe(), flush=True)
+
+
+def run_one(p: Plan, out: Path, *, quick: bool) -> dict:
+    """Train and test one (row, seed) unless finished; record it at once. Returns the done record."""
+    from rich.console import Console
+
+    from vireid.config import load_config
+    from vireid.engine.checkpoint import load_checkpoint
+    from vireid.engine.testing import test_checkpoint
+    from vireid.engine.trainer import train
+
+    folder = run_dir(out, p.row, p.seed)
+    marker = folder / "ladder_done.json"
+    # Paths under OUT are recorded relative to it, so a ladder resumed through another path to OUT still matches.
+    spec = {"config": p.config, "overrides": [o.replace(str(out), "<out>") for o in p.overrides]}
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record["spec"] != spec:
+            raise SystemExit(
+                f"{folder} was run with another definition of row {p.row} ({record['spec']}); move the folder away "
+                "to rerun it, or restore the row."
+            )
+        print(f"{p.row} seed {p.seed}: finished earlier, kept", flush=True)
+        return record
+    started = time.perf_counter()
+    cfg = load_config(p.config, p.overrides)
+    quiet = Console(quiet=True)
+    try:
+        finished = int(load_checkpoint(folder, prefer="last").meta.get("epoch", -1)) >= cfg.train.epochs
+    except Exception:
+        finished = False
+    if not finished:
+        if (folder / "checkpoints" / "last.json").is_file():
+            print(f"{p.row} seed {p.seed}: resuming the interrupted run", flush=True)
+            train(cfg, resume=folder, console=quiet)
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)  # a run that stopped before its first checkpoint: nothing to keep
+            print(f"{p.row} seed {p.seed}: training ({p.steps or '?'} steps) ...", flush=True)
+            train(cfg, run_dir=folder, console=quiet)
+    protocol = PROTOCOLS[ROW_BY_NAME[p.row].task]
+    result = test_checkpoint(
+        folder, protocols=[protocol], out=folder / "test", trials=QUICK_TRIALS if quick else None, console=quiet
+    )[0]
+    record = {
+        "row": p.row,
+        "seed": p.seed,
+        "spec": spec,
+        "seconds": round(time.perf_counter() - started, 1),
+        "steps": p.steps,
+        "images": p.images,
+        "result": {k: result.mean[k] for k in ("R1", "mAP", "mINP")},
+    }
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(marker)  # atomic: a row is either recorded as finished or not at all
+    r = record["result"]
+    print(f"{p.row} seed {p.seed}: R1 {r['R1']:.2f} mAP {r['mAP']:.2f} ({record['seconds']:.0f} s)", flush=True)
+    return record
+
+
+def write_tables(out: Path) -> dict[str, Path]:
+    """One ``vireid compare`` table per ladder over the rows with finished seeds (the first is the reference)."""
+    from vireid.evaluation.compare import compare_results, load_result_group
+
+    written = {}
+    for ladder in dict.fromkeys(r.ladder for r in ROWS):
+        groups = []
+        for row in (r for r in ROWS if r.ladder == ladder):
+            done = sorted((out / "runs" / row.name).glob("seed*/ladder_done.json"))
+            if done:
+                groups.append(load_result_group(",".join(str(d.parent / "test") for d in done), label=row.name))
+        if ladder in ("idkl", "dakd"):  # the AGW baseline beside each method, when it has finished seeds
+            agw = sorted((out / "runs" / "agw").glob("seed*/ladder_done.json"))
+            if agw and groups:
+                groups.append(load_result_group(",".join(str(d.parent / "test") for d in agw), label="agw"))
+        if not groups:
+            continue
+        comparison = compare_results(groups)
+        paths = comparison.save(out / "tables" / ladder)
+        print(f"\n## {ladder}\n\n{comparison.markdown()}")
+        written[ladder] = paths["markdown"]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="ladder folder (data, pretrain, runs, tables)")
+    parser.add_argument("--rows", nargs="+", default=None, choices=[r.name for r in ROWS], metavar="ROW")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 for every row (default: per row)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, 2 rows (a smoke run)")
+    parser.add_argument("--plan", action="store_true", help="print the rows and the budget, run nothing")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    names = args.rows or (list(QUICK_ROWS) if args.quick else [r.name for r in ROWS])
+    # A row whose run feeds another (a DAKD teacher, DIKDNet's rung-2 teachers) runs first.
+    ordered: list[str] = []
+    for name in names:
+        link = ROW_BY_NAME[name].link
+        if link is not None and link[0] not in ordered:
+            ordered.append(link[0])
+        if name not in ordered:
+            ordered.append(name)
+    rows = [ROW_BY_NAME[n] for n in ordered]
+    count = 1 if args.quick and args.seeds is None else args.seeds
+    seeds = {r.name: list(range(count if count is not None else r.seeds)) for r in rows}
+    for r in rows:  # a linked row needs the seeds of the rows that use it
+        if r.link is not None:
+            seeds[r.link[0]] = sorted(set(seeds[r.link[0]]) | set(seeds[r.name]))
+    plans = plan(rows, seeds, out, quick=args.quick)
+    print_plan(plans, out, quick=args.quick)
+    if args.plan:
+        return 0
+    ensure_data(out, rows, quick=args.quick)
+    started = time.perf_counter()
+    for p in plans:
+        run_one(p, out, quick=args.quick)
+    write_tables(out)
+    print(f"\nladder done in {time.perf_counter() - started:.0f} s; tables in {out / 'tables'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from vireid.config import Range
 from vireid.errors import ConfigError, VireidError, describe_os_error, unwrap_worker_message
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -394,26 +395,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OPTION_MINIMUM: dict[tuple[str, str], int] = {
-    ("test", "trials"): 1,
-    ("test", "visualize"): 0,
-    ("index", "batch_size"): 1,
-    ("index", "workers"): 0,
-    ("index", "ivf"): 0,
-    ("search", "top"): 1,
-    ("search", "nprobe"): 1,
+OPTION_RANGES: dict[tuple[str, str], Range] = {
+    ("test", "trials"): Range(ge=1, integer=True),
+    ("test", "visualize"): Range(ge=0, integer=True),
+    ("index", "batch_size"): Range(ge=1, integer=True),
+    ("index", "workers"): Range(ge=0, integer=True),
+    ("index", "ivf"): Range(ge=0, integer=True),
+    ("search", "top"): Range(ge=1, integer=True),
+    ("search", "nprobe"): Range(ge=1, integer=True),
+    ("pretrain", "width"): Range(ge=1, integer=True),
+    ("pretrain", "steps"): Range(ge=1, integer=True),
+    ("pretrain", "batch_size"): Range(ge=2, integer=True),
+    ("pretrain", "lr"): Range(gt=0),
+    ("pretrain", "workers"): Range(ge=0, integer=True),
+    ("pretrain", "seed"): Range(ge=0, integer=True),
+    ("pretrain", "data_seed"): Range(ge=0, integer=True),
 }
-"""Smallest allowed value of each integer option, checked in one place right after parsing (a negative
-``--trials`` used to slice trials off the end, ``--workers -1`` failed deep inside the DataLoader)."""
+"""Allowed values of the numeric options, checked in one place right after parsing, with the same
+:class:`~vireid.config.Range` as the config files (a negative ``--trials`` used to slice trials off the
+end, ``--workers -1`` failed deep inside the DataLoader)."""
 
 
 def option_range_error(args: argparse.Namespace) -> str | None:
-    """The message for the first integer option of ``args`` below its minimum in :data:`OPTION_MINIMUM`."""
-    for (command, dest), low in OPTION_MINIMUM.items():
+    """The message for the first numeric option of ``args`` outside its range in :data:`OPTION_RANGES`."""
+    for (command, dest), allowed in OPTION_RANGES.items():
         value = getattr(args, dest, None) if args.command == command else None
-        if value is not None and value < low:
-            flag = "--" + dest.replace("_", "-")
-            return f"{flag} {value} is out of range; use an integer >= {low}."
+        if value is not None and not allowed.allows(value):
+            return f"--{dest.replace('_', '-')} {value} is out of range; use {allowed.describe()}."
     return None
 
 

@@ -138,12 +138,12 @@ class Trainer:
     ):
         from vireid.methods import get_method
 
-        validate_ranges(cfg, source="run config")  # configs built in Python skip load_config's check
         self.cfg = cfg
         self.method = get_method(cfg.method)
         self.dist: DistContext = init_distributed(device)
         self.stop_after_iters = stop_after_iters
         self._check_selection()
+        validate_ranges(cfg, source="run config")  # configs built in Python skip load_config's check
         self._lock: RunLock | None = None
         try:
             self.run_dir = self._prepare_run_dir(run_dir, resume, allow_config_change)

@@ -404,8 +404,7 @@ OPTION_RANGES: dict[tuple[str, str], Range] = {
     ("search", "top"): Range(ge=1, integer=True),
     ("search", "nprobe"): Range(ge=1, integer=True),
     ("pretrain", "width"): Range(ge=1, integer=True),
-    ("pretrain", "steps"): Range(ge=1, integer=True),
-    ("pretrain", "batch_size"): Range(ge=2, integer=True),
+    # pretrain --steps and --batch-size are checked by vireid.engine.pretrain itself.
     ("pretrain", "lr"): Range(gt=0),
     ("pretrain", "workers"): Range(ge=0, integer=True),
     ("pretrain", "seed"): Range(ge=0, integer=True),

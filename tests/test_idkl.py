@@ -3,10 +3,12 @@ coverage, the inference path, configs and an end-to-end train + resume on a gene
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
+import re
 import socket
 import warnings
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from layout_builders import build_sysu
-from vireid.config import load_config
+from vireid.config import config_diff, load_config, packaged_configs, to_dict
 from vireid.data.batch import CrossModalBatch
 from vireid.errors import ConfigError, DataError
 from vireid.losses import batch_hard_triplet
@@ -24,12 +26,16 @@ from vireid.methods.idkl import (
     IDKLConfig,
     build_idkl_net,
     centroid_gap_loss,
+    check_config,
     csa_identity_loss,
     csa_sample_loss,
     entropy_margin_loss,
     idkl_objective,
+    images_per_batch,
     modality_confusion_loss,
     pair_identities,
+    regime_label,
+    release_regime,
     tgsa_loss,
 )
 from vireid.models.agw import ExtractWrapper
@@ -41,10 +47,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::Deprec
 P, K, N_IDS, DIM = 4, 3, 7, 6
 TINY_MODEL = ["model.backbone=resnet18", "model.width=8", "model.pretrained=none"]
 RELEASE_SWITCHES = ["transfer.mode=mutual", "tgsa.logits=release", "confusion.mode=release_pattern"]
+VIREID_SWITCHES = ["transfer.mode=distill", "tgsa.logits=neg_distance", "tgsa.cross=aligned", "confusion.mode=uniform"]
+# The loss tests run SYSU's batch-120 weights on a batch of P x K x 2 = 24 rows, which the loader refuses unless
+# it is asked for on purpose (issue 14.2): the tests want the full TGSA form with its cross set.
+FORCE_REGIME = "tgsa.regime=force"
 
 
 def idkl_cfg(*overrides: str) -> IDKLConfig:
-    return load_config("idkl/sysu", [f"sampler.P={P}", f"sampler.K={K}", *TINY_MODEL, *overrides])
+    return load_config("idkl/sysu", [f"sampler.P={P}", f"sampler.K={K}", *TINY_MODEL, FORCE_REGIME, *overrides])
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -148,10 +158,12 @@ def as_lists(x: torch.Tensor, rows: list[int]) -> list[list[float]]:
     return [x[r].tolist() for r in rows]
 
 
-def ref_tgsa(f_sh, f_sp, batch, *, form, logits, tau, inter_weight, scale, mode, T) -> float:
+def ref_tgsa(f_sh, f_sp, batch, *, form, logits, tau, inter_weight, scale, mode, T, cross="release") -> float:
     sign = -1.0 if logits == "neg_distance" else 1.0
     v, i = rows_where(batch, 0), rows_where(batch, 1)
-    half = [r for r in v if int(batch.slot[r]) < P // 2] + [r for r in i if int(batch.slot[r]) < P // 2]
+    first_ir = [r for r in i if int(batch.slot[r]) < P // 2]  # release: the first P/2 slots of both modalities
+    later_ir = [r for r in i if int(batch.slot[r]) >= P // 2]  # aligned: the infrared rows of the other half
+    half = [r for r in v if int(batch.slot[r]) < P // 2] + (first_ir if cross == "release" else later_ir)
 
     def D(x, rows):
         return ref_distance_rows(as_lists(x, rows), sign, tau)
@@ -248,26 +260,56 @@ def test_pairing_errors_name_the_identity():
 
 
 @pytest.mark.parametrize(
-    ("form", "logits", "mode", "tau", "T"),
+    ("form", "logits", "mode", "tau", "T", "cross"),
     [
-        ("full", "neg_distance", "distill", 1.0, 1.0),
-        ("full", "release", "mutual", 1.0, 1.0),
-        ("reduced", "neg_distance", "mutual", 0.5, 2.0),
-        ("reduced", "release", "distill", 2.0, 3.0),
+        ("full", "neg_distance", "distill", 1.0, 1.0, "release"),
+        ("full", "release", "mutual", 1.0, 1.0, "release"),
+        ("full", "neg_distance", "mutual", 1.0, 1.0, "aligned"),
+        ("reduced", "neg_distance", "mutual", 0.5, 2.0, "release"),
+        ("reduced", "release", "distill", 2.0, 3.0, "release"),
     ],
 )
-def test_tgsa_matches_a_loop_reference(form, logits, mode, tau, T):
+def test_tgsa_matches_a_loop_reference(form, logits, mode, tau, T, cross):
     cfg = idkl_cfg(
         f"tgsa.form={form}", f"tgsa.logits={logits}", f"tgsa.tau={tau}", f"transfer.mode={mode}",
-        f"transfer.temperature={T}", "tgsa.inter_weight=0.7", "tgsa.scale=0.4",
+        f"transfer.temperature={T}", "tgsa.inter_weight=0.7", "tgsa.scale=0.4", f"tgsa.cross={cross}",
     )  # fmt: skip
     batch = release_order_batch()
     out = random_output(len(batch))
     got = tgsa_loss(out.f_sh, out.f_sp, pair_identities(batch), cfg.tgsa, cfg.transfer)
     want = ref_tgsa(
-        out.f_sh, out.f_sp, batch, form=form, logits=logits, tau=tau, inter_weight=0.7, scale=0.4, mode=mode, T=T
-    )
+        out.f_sh, out.f_sp, batch, form=form, logits=logits, tau=tau, inter_weight=0.7, scale=0.4, mode=mode, T=T,
+        cross=cross,
+    )  # fmt: skip
     assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def aligned_cluster_features(batch: CrossModalBatch, noise: float = 1e-4) -> torch.Tensor:
+    """Perfectly separated identity clusters, aligned across modalities: every row of identity y, visible or
+    infrared, lies within ``noise`` of one centre c_y; centres are about 10 apart. float64, so that the distances
+    of near-coincident points are not float32 cancellation noise."""
+    g = torch.Generator().manual_seed(11)
+    centres = torch.rand(N_IDS, DIM, generator=g, dtype=torch.float64) * 10.0
+    return centres[batch.label] + noise * torch.randn(len(batch), DIM, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("logits", ["release", "neg_distance"])
+def test_aligned_cross_set_gives_zero_intra_terms_on_aligned_identity_clusters(logits):
+    """Issue 14.3: with tgsa.cross=aligned every intra term (SKL(V,I), SKL(V,X), SKL(X,I)) of aligned clusters is
+    ~0; with the release's cross set, rows >= n/2 of X hold another identity and SKL(V,X) + SKL(X,I) is not."""
+    batch = release_order_batch()
+    f_sh = aligned_cluster_features(batch)
+    pairs = pair_identities(batch)
+    cfg = idkl_cfg(f"tgsa.logits={logits}", "tgsa.inter_weight=0")
+    intra = {}
+    for cross in ("release", "aligned"):
+        for form in ("full", "reduced"):
+            tgsa = dataclasses.replace(cfg.tgsa, cross=cross, form=form)
+            # inter_weight 0 and scale 1: the loss is the intra sum, each term of which is an SKL >= 0
+            intra[cross, form] = float(tgsa_loss(f_sh, f_sh, pairs, tgsa, cfg.transfer))
+    assert intra["aligned", "reduced"] < 1e-7  # SKL(V, I)
+    assert intra["aligned", "full"] < 1e-7  # + SKL(V, X) + SKL(X, I)
+    assert intra["release", "full"] - intra["release", "reduced"] > 0.1
 
 
 @pytest.mark.parametrize(("mode", "T"), [("distill", 1.0), ("mutual", 1.0), ("distill", 4.0)])
@@ -296,23 +338,65 @@ def test_purifier_losses_match_loop_references(margin):
     )
 
 
-def test_confusion_targets():
+def release_roll_targets(modality: torch.Tensor) -> torch.Tensor:
+    """The release's D_sh targets on a batch in its order: roll(repeat_interleave(m[:B/2], 2), -1)."""
+    return torch.roll(modality[: len(modality) // 2].repeat_interleave(2), -1)
+
+
+@pytest.mark.parametrize("num_slots", [4, 3])
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_release_pattern_equals_the_release_roll_for_odd_and_even_k(num_slots, k):
+    """Issue 14.5: the old rule (slot + inst even) equals the release's roll only for odd k."""
+    batch = release_order_batch(num_slots=num_slots, k=k)
+    logits = random_output(len(batch)).modality_logits_sh
+    targets = release_roll_targets(batch.modality)
+    assert (targets != batch.modality).sum() in (len(batch) // 2, len(batch) // 2 + 1)  # ~half get the wrong one
+    want = -torch.log_softmax(logits, 1)[torch.arange(len(batch)), targets].mean()
+    perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(k))
+    for b, x in ((batch, logits), (batch.index_select(perm), logits[perm])):  # also in any other order
+        got = modality_confusion_loss(x, b, pair_identities(b), "release_pattern")
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_confusion_modes_against_hand_computed_cross_entropies():
+    """Issue 14.7: each mode against a plain-loop cross-entropy, not against another call of the code."""
     batch = release_order_batch()
     pairs = pair_identities(batch)
     logits = random_output(len(batch)).modality_logits_sh
-    # The release: m = modality vector of its interleaved batch, t = roll(repeat_interleave(m[:B/2], 2), -1).
-    m = batch.modality
-    release_targets = torch.roll(m[: len(m) // 2].repeat_interleave(2), -1)
-    assert (release_targets != m).sum() == len(m) // 2  # half of the rows get the wrong modality
-    want = F.cross_entropy(logits, release_targets)
-    assert torch.allclose(modality_confusion_loss(logits, batch, pairs, "release_pattern"), want)
-    log_p = F.log_softmax(logits, 1)
-    uniform = -(0.5 * log_p[:, 0] + 0.5 * log_p[:, 1]).mean()
-    assert torch.allclose(modality_confusion_loss(logits, batch, pairs, "uniform"), uniform)
-    assert torch.allclose(modality_confusion_loss(logits, batch, pairs, "grl"), F.cross_entropy(logits, m))
+    log_p = [ref_log_softmax(row) for row in logits.tolist()]
+    truth = batch.modality.tolist()
+    release = release_roll_targets(batch.modality).tolist()
+    want = {
+        "uniform": sum(-0.5 * (a + b) for a, b in log_p) / len(log_p),
+        "grl": sum(-row[m] for row, m in zip(log_p, truth)) / len(log_p),
+        "release_pattern": sum(-row[t] for row, t in zip(log_p, release)) / len(log_p),
+    }
+    for mode, value in want.items():
+        assert float(modality_confusion_loss(logits, batch, pairs, mode)) == pytest.approx(value, rel=1e-6), mode
     x = torch.randn(5, 3, requires_grad=True)
     (reverse_gradient(x, 0.5) * 2).sum().backward()
     assert torch.equal(x.grad, torch.full((5, 3), -1.0))
+
+
+def test_grl_reverses_only_the_gradient_that_reaches_the_shared_feature():
+    """confusion.mode=grl in the network: D_sh learns to tell the modalities apart (its own gradient is the plain
+    CE gradient) while BN_sh(f_sh) receives exactly -lambda times the CE gradient, computed independently on a
+    copy of D_sh without any reversal."""
+    torch.manual_seed(0)
+    cfg = idkl_cfg("confusion.mode=grl", "confusion.grl_lambda=0.7", "model.discriminator_dropout=0")
+    model = build_idkl_net(cfg, N_IDS).train()
+    batch = model_batch()
+    reference = copy.deepcopy(model.discriminator_sh)
+    out = model(batch.images, batch.modality)
+    out.bn_sh.retain_grad()
+    modality_confusion_loss(out.modality_logits_sh, batch, pair_identities(batch), "grl").backward()
+
+    shared = out.bn_sh.detach().clone().requires_grad_(True)
+    F.cross_entropy(reference(shared), batch.modality).backward()
+    torch.testing.assert_close(out.bn_sh.grad, -0.7 * shared.grad, rtol=1e-5, atol=1e-8)
+    for (name, got), want in zip(model.discriminator_sh.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-8, msg=name)
+    assert shared.grad.abs().max() > 1e-4  # the comparison is not between zeros
 
 
 # ------------------------------------------------------------------------------ the release's objective
@@ -379,7 +463,7 @@ def test_release_switches_and_presets_reproduce_the_release_objective(preset, tm
         f"_base_: {Path(load_config.__code__.co_filename).parent / 'configs/idkl/presets' / preset}.yaml\n"
         "method: idkl\n"
     )
-    cfg = load_config(base, [f"sampler.P={P}", f"sampler.K={K}", *TINY_MODEL, *RELEASE_SWITCHES])
+    cfg = load_config(base, [f"sampler.P={P}", f"sampler.K={K}", *TINY_MODEL, *RELEASE_SWITCHES, FORCE_REGIME])
     batch = release_order_batch()
     out = random_output(len(batch), scale=1.5)
     switch = len(batch) if preset == "idkl_release_120" else 120  # "120" stands for "the batch size" here
@@ -454,6 +538,92 @@ def test_every_parameter_learns_and_inference_runs_only_the_shared_path(options)
     assert calls == [], f"inference ran training-only modules: {sorted(set(calls))}"
 
 
+def gem3(x: torch.Tensor) -> torch.Tensor:
+    """GeM with p = 3 and clamp 1e-6, written out: (B, C, H, W) -> (B, C)."""
+    return x.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1.0 / 3.0)
+
+
+def batchnorm_train(x: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """BatchNorm1d in training mode, written out: batch mean and biased variance."""
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+
+
+@pytest.mark.parametrize("options", [(), ("confusion.mode=grl", "model.specific_branch=per_modality")])
+def test_network_wiring_matches_a_recomputation_from_hooked_submodules(options):
+    """Issue 14.6: every tensor the losses read, recomputed from the submodules' own outputs with the spec's
+    formulas: f_sp = GeM(M_in * M_f * (F + F_in)), C_ent's inputs g(F) and g(F'), the centroid inputs
+    g(F_in) and g(F_in'), D_sh's input BN_sh(GeM(F_sh)) and the heads' inputs. Swapping F' and F_in' (or the
+    two C_ent inputs, or feeding D_sh the specific feature) fails here."""
+    torch.manual_seed(0)
+    cfg = idkl_cfg("model.discriminator_dropout=0", *options)
+    model = build_idkl_net(cfg, N_IDS).train()
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def keep_output(name):
+        return lambda module, args, output: seen.setdefault(name, []).append(output.detach())
+
+    def keep_input(name):
+        return lambda module, args: seen.setdefault(name, []).append(args[0].detach())
+
+    model.branch_sh.register_forward_hook(keep_output("F_sh"))
+    model.branch_sp.register_forward_hook(keep_output("F"))
+    model.purifier.instance_norm.register_forward_hook(keep_output("F_in"))
+    model.purifier.gate_in.register_forward_hook(keep_output("M_in"))
+    model.purifier.gate_f.register_forward_hook(keep_output("M_f"))
+    for name in ("classifier_ent", "classifier_sh", "classifier_sp", "discriminator_sh", "discriminator_sp"):
+        getattr(model, name).register_forward_pre_hook(keep_input(name))
+    batch = model_batch()
+    with torch.no_grad():
+        out = model(batch.images, batch.modality)
+    (f_map,), (f_in,), (m_in,), (m_f,), (f_sh_map,) = (seen[k] for k in ("F", "F_in", "M_in", "M_f", "F_sh"))
+
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.f_sp, gem3(m_in * m_f * (f_map + f_in)), **close)
+    assert len(seen["classifier_ent"]) == 2
+    torch.testing.assert_close(seen["classifier_ent"][0], gem3(f_map), **close)  # g(F)
+    torch.testing.assert_close(seen["classifier_ent"][1], gem3(m_f * f_map), **close)  # g(F') = g(M_f F)
+    torch.testing.assert_close(out.entropy_logits, gem3(f_map) @ model.classifier_ent.weight.T, **close)
+    torch.testing.assert_close(out.entropy_logits_gated, gem3(m_f * f_map) @ model.classifier_ent.weight.T, **close)
+    torch.testing.assert_close(out.centroid_in, gem3(f_in), **close)  # g(F_in)
+    torch.testing.assert_close(out.centroid_in_gated, gem3(m_in * f_in), **close)  # g(F_in') = g(M_in F_in)
+    f_sh = gem3(f_sh_map)
+    torch.testing.assert_close(out.f_sh, f_sh, **close)
+    bn_sh, bn_sp = batchnorm_train(f_sh, model.bn_sh), batchnorm_train(out.f_sp, model.bn_sp)
+    for name, want in (
+        ("discriminator_sh", bn_sh), ("classifier_sh", bn_sh), ("classifier_sp", bn_sp), ("discriminator_sp", bn_sp)
+    ):  # fmt: skip
+        torch.testing.assert_close(seen[name][0], want, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(out.logits, bn_sh @ model.classifier_sh.weight.T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.logits_sp, bn_sp @ model.classifier_sp.weight.T, rtol=1e-4, atol=1e-5)
+    # the purifier's own pieces: F_in = IN(F) per image and channel, M = sigmoid(W2 relu(W1 x)) per position
+    mean, var = f_map.mean((2, 3), keepdim=True), f_map.var((2, 3), unbiased=False, keepdim=True)
+    norm = model.purifier.instance_norm
+    want_in = (f_map - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None, None] + norm.bias[:, None, None]
+    torch.testing.assert_close(f_in, want_in, rtol=1e-4, atol=1e-5)
+    gate = model.purifier.gate_f
+    hidden = torch.einsum("oc,bchw->bohw", gate.reduce.weight[:, :, 0, 0], f_map).relu()
+    want_gate = torch.sigmoid(torch.einsum("oc,bchw->bohw", gate.expand.weight[:, :, 0, 0], hidden))
+    torch.testing.assert_close(m_f, want_gate, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_margin_has_a_real_gradient_at_initialisation():
+    """Issue 14.4: C_ent starts from PyTorch's default Linear initialisation (as the release). Under N(0, 0.001)
+    its logits are ~0, both entropies sit at their maximum log N, and L_ent and its gradient start at ~0
+    (measured on this model: L_ent 5e-5, gradient into the gate G_f 1.6e-5, against 0.09 and 0.05 now)."""
+    torch.manual_seed(0)
+    model = build_idkl_net(idkl_cfg(), N_IDS).train()
+    bound = 1.0 / math.sqrt(model.feature_dim)  # kaiming_uniform(a=sqrt(5)) draws from U(-bound, bound)
+    weight = model.classifier_ent.weight
+    assert 0.9 * bound < weight.abs().max() <= bound and weight.std() > 0.5 * bound / math.sqrt(3)
+    batch = model_batch()
+    out = model(batch.images, batch.modality)
+    loss = entropy_margin_loss(out.entropy_logits, out.entropy_logits_gated)
+    loss.backward()
+    gate_grad = torch.cat([p.grad.flatten() for p in model.purifier.gate_f.parameters()]).norm()
+    assert float(loss) > 1e-2 and float(gate_grad) > 1e-3, (float(loss), float(gate_grad))
+
+
 def test_distill_gives_the_specific_side_no_gradient_from_transfer_terms():
     torch.manual_seed(0)
     batch = model_batch()
@@ -494,7 +664,7 @@ def test_dataset_configs_follow_the_recipe():
     sysu = load_config("idkl/sysu")
     assert (sysu.data.height, sysu.data.width, sysu.sampler.P, sysu.sampler.K) == (384, 144, 12, 5)
     assert (sysu.tgsa.form, sysu.tgsa.inter_weight, sysu.tgsa.scale, sysu.csa.inter_weight) == ("full", 0.6, 1.0, 0.8)
-    assert (sysu.transfer.mode, sysu.tgsa.logits, sysu.confusion.mode) == ("distill", "neg_distance", "uniform")
+    assert (sysu.transfer.mode, sysu.tgsa.logits, sysu.confusion.mode) == ("mutual", "release", "release_pattern")
     assert (sysu.optim.name, sysu.optim.lr, sysu.optim.weight_decay, sysu.sched.milestones) == (
         "adam", 3.5e-4, 5e-3, [55, 95],
     )  # fmt: skip
@@ -504,7 +674,7 @@ def test_dataset_configs_follow_the_recipe():
     assert (regdb.tgsa.enabled, regdb.csa.inter_weight) == (False, 0.3)
     llcm = load_config("idkl/llcm")
     assert (llcm.data.dataset, llcm.tgsa.enabled, llcm.csa.inter_weight) == ("llcm", True, 0.8)
-    other = load_config("idkl/presets/idkl_release_other")
+    other = load_config("idkl/presets/idkl_release_other", ["sampler.P=6"])  # 60 images: the release's non-120 regime
     assert (other.tgsa.form, other.tgsa.inter_weight, other.tgsa.scale, other.csa.inter_weight) == (
         "reduced", 1.0, 0.1, 0.3,
     )  # fmt: skip
@@ -512,12 +682,83 @@ def test_dataset_configs_follow_the_recipe():
         load_config("idkl/sysu", ["transfer.mode=teacher"])
 
 
+REPRODUCTION_SWITCHES = ("transfer.mode", "tgsa.logits", "tgsa.cross", "confusion.mode")
+
+
+def switch_values(cfg: IDKLConfig) -> tuple[str, ...]:
+    return (cfg.transfer.mode, cfg.tgsa.logits, cfg.tgsa.cross, cfg.confusion.mode)
+
+
+@pytest.mark.parametrize("name", ["sysu", "regdb", "llcm"])
+def test_reproduction_configs_default_to_the_release_and_vireid_variants_are_one_file_away(name):
+    """Issue 14.1: idkl/<name> is the release's behaviour; idkl/<name>_vireid differs in exactly the switches."""
+    release = ("mutual", "release", "release", "release_pattern")
+    assert switch_values(load_config(f"idkl/{name}")) == release
+    assert switch_values(IDKLConfig()) == release  # the dataclass defaults too
+    variant = load_config(f"idkl/{name}_vireid")
+    assert switch_values(variant) == ("distill", "neg_distance", "aligned", "uniform")
+    changed = config_diff(to_dict(load_config(f"idkl/{name}")), to_dict(variant))
+    assert sorted(line.split(":")[0] for line in changed) == sorted(REPRODUCTION_SWITCHES)
+    assert load_config(f"idkl/{name}", VIREID_SWITCHES) == variant
+
+
+def test_demo_carries_the_release_regime_of_its_batch():
+    """Issue 14.2: the batch-64 demo runs the weights the release uses at any batch other than 120."""
+    demo = load_config("idkl/demo")
+    assert images_per_batch(demo) == 64
+    assert (demo.tgsa.form, demo.tgsa.inter_weight, demo.tgsa.scale, demo.csa.inter_weight) == (
+        "reduced", 1.0, 0.1, 0.3,
+    )  # fmt: skip
+    assert release_regime(demo) == regime_label(demo) == "idkl_release_other"
+    assert release_regime(load_config("idkl/sysu")) == "idkl_release_120"
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "expected", "fix"),
+    [
+        ("idkl/sysu", ["sampler.P=8", "sampler.K=4"], "idkl_release_other", "tgsa.form=reduced"),
+        ("idkl/demo", ["sampler.P=12", "sampler.K=5"], "idkl_release_120", "tgsa.form=full"),
+        ("idkl/regdb", ["sampler.P=12"], "idkl_release_120", "csa.inter_weight=0.8, or"),  # TGSA off
+        ("idkl/presets/idkl_release_other", [], "idkl_release_120", "tgsa.scale=1.0"),  # SYSU's default batch
+    ],
+)
+def test_a_config_whose_batch_and_regime_disagree_fails_to_load(config, overrides, expected, fix):
+    message = rf"{config}.* uses {expected} .*Fix: set .*{re.escape(fix)}.*tgsa\.regime=force"
+    with pytest.raises(ConfigError, match=message):
+        load_config(config, overrides)
+    forced = load_config(config, [*overrides, "tgsa.regime=force"])
+    assert "forced at batch" in regime_label(forced)
+    custom = load_config(config, [*overrides, "csa.inter_weight=0.5"])  # weights of one's own are not a regime
+    assert release_regime(custom) is None and regime_label(custom) == "custom"
+
+
+def test_a_yaml_file_with_a_mismatching_regime_names_the_file(tmp_path):
+    path = tmp_path / "small_batch.yaml"
+    path.write_text(f"_base_: {packaged_configs() / 'idkl' / 'sysu.yaml'}\nsampler:\n  P: 6\n")
+    with pytest.raises(ConfigError, match=r"small_batch\.yaml: sampler\.P=6 x sampler\.K=5 .* = 60 images"):
+        load_config(path)
+
+
+IDKL_CONFIG_FILES = sorted(
+    str(path.relative_to(packaged_configs()))[: -len(".yaml")] for path in (packaged_configs() / "idkl").rglob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("name", IDKL_CONFIG_FILES)
+def test_every_idkl_config_loads_with_the_regime_of_its_batch(name):
+    # the non-120 preset is a fragment for smaller batches: load it at RegDB's 60 images
+    cfg = load_config(name, ["sampler.P=6"] if name.endswith("idkl_release_other") else [])
+    check_config(cfg)
+    assert regime_label(cfg) in ("idkl_release_120", "idkl_release_other")
+    assert (regime_label(cfg) == "idkl_release_120") == (images_per_batch(cfg) == 120)
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 TRAIN = [
     "data.height=32", "data.width=16", "data.workers=0", *TINY_MODEL, "sampler.P=2", "sampler.K=2",
     "sampler.epoch_length=3", "train.epochs=2", "train.progress=false", "train.log_every=1",
-    "eval.selection=last", "optim.lr=1e-3",
+    "eval.selection=last", "optim.lr=1e-3", FORCE_REGIME,
 ]  # fmt: skip
 
 
@@ -548,7 +789,8 @@ def test_train_resume_and_load(sysu_root, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     meta = load_checkpoint(whole.run_dir).meta
-    assert meta["extra"]["idkl_switches"]["transfer"] == "distill"
+    assert meta["extra"]["idkl_switches"]["transfer"] == "mutual"
+    assert meta["extra"]["idkl_switches"]["tgsa_regime"] == "idkl_release_120 (forced at batch 8)"
     loaded = load_model(whole.run_dir, device="cpu")
     emb = loaded.method.embedder(loaded.model, loaded.cfg)(torch.randn(3, 3, 32, 16), 1)
     assert emb.shape == (3, loaded.model.feature_dim) and torch.isfinite(emb).all()

@@ -328,6 +328,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def check_loaded(self, source: str) -> None:
+        """Cross-key checks a method runs when a config is loaded from a file or with overrides.
+
+        :func:`load_config` calls it on the final (merged) config; ``source`` names the file and overrides for
+        the message. A config dict given without overrides (a run's stored config, reloaded by
+        ``load_model``) is a record of what ran and is not re-checked. The base class checks nothing.
+        """
+
 
 C = TypeVar("C")
 
@@ -498,6 +506,8 @@ def load_config(
     """Load a run configuration from a YAML file (or a dict) plus dotted overrides.
 
     The method is taken from ``method`` if given, else the overrides, else the file, else ``baseline``.
+    The method's cross-key checks (:meth:`RunConfig.check_loaded`) run on the final config unless ``source``
+    is a dict given without overrides (a run's stored config).
     """
     if source is None:
         data: dict[str, Any] = {}
@@ -516,9 +526,13 @@ def load_config(
         raise ConfigError(f"{where}: {exc.args[0]}") from None
     base_obj = build_config(cls, _deep_merge(data, {"method": name}), source=where)
     if not over:
+        if not isinstance(source, dict):
+            base_obj.check_loaded(where)
         return base_obj
     merged = _deep_merge(to_dict(base_obj), over)
-    return build_config(cls, merged, source=f"{where} + overrides")
+    final = build_config(cls, merged, source=f"{where} + overrides")
+    final.check_loaded(f"{where} + overrides")
+    return final
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

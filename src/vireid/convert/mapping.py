@@ -6,7 +6,8 @@ memory), and the wrapper prefixes it strips (``module.`` from ``nn.DataParallel`
 guesses: a release key that no rule names is *unexpected*, a vireid key that no release key fills is
 *missing*, and either refuses the conversion with the keys grouped by prefix. The only keys filled in are
 BatchNorm ``num_batches_tracked`` counters absent from files written by old PyTorch versions (they do not
-change any output); they are listed in the sidecar.
+change any output) and the copies a source declares with :class:`CopyFrom` (a vireid tensor that the release
+keeps only once, such as DAKD's per-modality running statistics); they are listed in the sidecar.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ class Drop:
 
 
 @dataclass(frozen=True)
+class CopyFrom:
+    """vireid keys under ``prefix`` that the release does not store separately, filled from the vireid key with
+    ``prefix`` replaced by ``source`` (already placed from the release file), and why.
+
+    Example: the DAKD/MCE releases keep one set of BatchNorm running statistics for both modalities; vireid's
+    student under ``student.bn=per_modality`` keeps a second, infrared set (``infrared_bn_stats.<layer>``).
+    Filling it with the release's single set makes the converted model compute exactly the release's output.
+    """
+
+    prefix: str
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class KeyMapping:
     """The explicit release -> vireid key table of one source.
 
@@ -57,6 +73,7 @@ class KeyMapping:
     renames: tuple[Rename, ...]
     drops: tuple[Drop, ...] = ()
     strip_prefixes: tuple[str, ...] = ("module.",)
+    copies: tuple[CopyFrom, ...] = ()
 
     def strip(self, key: str) -> str:
         for prefix in self.strip_prefixes:
@@ -122,6 +139,14 @@ def rename_state(state: Mapping[str, torch.Tensor], mapping: KeyMapping) -> Mapp
     return out
 
 
+def _declared_copy(key: str, placed: Mapping[str, torch.Tensor], mapping: KeyMapping) -> torch.Tensor | None:
+    """The placed tensor a :class:`CopyFrom` rule fills ``key`` from, or ``None`` when no rule applies."""
+    for rule in mapping.copies:
+        if key.startswith(rule.prefix):
+            return placed.get(rule.source + key[len(rule.prefix) :])
+    return None
+
+
 def fit_to_model(
     mapped: MappedState, model_state: Mapping[str, torch.Tensor], mapping: KeyMapping, *, what: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -148,7 +173,11 @@ def fit_to_model(
     for key, tensor in model_state.items():
         if key in to_load:
             continue
-        if key.endswith(".num_batches_tracked"):
+        copied = _declared_copy(key, to_load, mapping)
+        if copied is not None:
+            to_load[key] = copied.clone()
+            filled.append(key)
+        elif key.endswith(".num_batches_tracked"):
             # Old PyTorch files lack this counter; it only matters to BatchNorm with momentum=None.
             to_load[key] = torch.zeros_like(tensor)
             filled.append(key)

@@ -13,16 +13,19 @@ Every loss reads visible/infrared pairing and identity grouping from the batch's
 (:func:`pair_identities`), never from row positions, so the objective is invariant to any permutation of
 the batch applied together with its fields, and no weight switches on the batch size: the release's two
 regimes (batch 120 and anything else) are the presets ``configs/idkl/presets/idkl_release_120.yaml`` and
-``idkl_release_other.yaml``.
+``idkl_release_other.yaml``, and the loader refuses a config whose regime does not match its batch
+(:func:`check_release_regime`, ``tgsa.regime``).
 
-Where vireid's defaults differ from the release [reconstruction], the release behaviour is one switch away:
-``transfer.mode`` (distill | mutual), ``tgsa.logits`` (neg_distance | release), ``confusion.mode``
-(uniform | release_pattern | grl). Every run prints and records its choices.
+The defaults and the reproduction configs are the release's behaviour (issue 14); vireid's alternatives
+[reconstruction] are one switch away and collected in ``configs/idkl/*_vireid.yaml``: ``transfer.mode``
+(mutual | distill), ``tgsa.logits`` (release | neg_distance), ``tgsa.cross`` (release | aligned),
+``confusion.mode`` (release_pattern | uniform | grl). Every run prints and records its choices.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,9 +101,19 @@ class TGSAConfig:
     inter_weight: float = 0.6
     scale: float = 1.0
     """L_TGSA = scale * (intra + inter_weight * inter)."""
-    logits: Literal["neg_distance", "release"] = "neg_distance"
-    """Row softmax over ``-D/tau`` (near neighbours carry the mass) or over ``+D/tau`` (the release)."""
+    logits: Literal["neg_distance", "release"] = "release"
+    """Row softmax over ``+D/tau`` (the release, the reproduction default) or over ``-D/tau``
+    (``neg_distance``: near neighbours carry the mass; vireid's alternative, ``idkl/*_vireid.yaml``)."""
     tau: float = 1.0
+    cross: Literal["release", "aligned"] = "release"
+    """TGSA's cross set X. ``release``: the visible rows of slots < P/2, then the infrared rows of slots < P/2,
+    so row j >= n/2 of X (infrared, slot s - P/2) is compared with row j of V and I (slot s): another
+    identity. ``aligned``: the visible rows of slots < P/2, then the infrared rows of slots >= P/2, so row j of
+    X has the identity of row j of V and I (see :meth:`IdentityPairs.cross_rows`)."""
+    regime: Literal["match_batch", "force"] = "match_batch"
+    """``match_batch``: a config whose TGSA/CSA weights are one of the release's two regimes (the presets
+    ``idkl_release_120`` / ``idkl_release_other``) must carry the one the release uses at its batch size, or it
+    fails to load (:func:`check_release_regime`). ``force``: keep the weights at any batch size, deliberately."""
 
 
 @dataclass
@@ -119,9 +132,9 @@ class CSAConfig:
 class TransferConfig:
     """How the inter (specific-to-shared) terms of TGSA, CSA1 and CSA2 move knowledge (section 7.6)."""
 
-    mode: Literal["distill", "mutual"] = "distill"
-    """``distill``: KL(sg(softmax(b_sp)) || softmax(a_sh)), only the shared side learns from it;
-    ``mutual`` (release): symmetric KL with gradients into both branches."""
+    mode: Literal["distill", "mutual"] = "mutual"
+    """``mutual`` (release, the reproduction default): symmetric KL with gradients into both branches;
+    ``distill`` (vireid's alternative): KL(sg(softmax(b_sp)) || softmax(a_sh)), only the shared side learns."""
     temperature: float = 1.0
     """Inter-term logits are divided by T and the loss multiplied by T^2."""
 
@@ -130,16 +143,19 @@ class TransferConfig:
 class ConfusionConfig:
     """Modality confusion on the shared BNNeck feature through D_sh (section 7.7)."""
 
-    mode: Literal["uniform", "release_pattern", "grl"] = "uniform"
-    """``uniform``: CE against (1/2, 1/2); ``release_pattern``: the release's targets (true modality when
-    slot + inst is even, the other one otherwise); ``grl``: true modality through a gradient reversal."""
+    mode: Literal["uniform", "release_pattern", "grl"] = "release_pattern"
+    """``release_pattern`` (release, the reproduction default): the release's targets (true modality when the
+    draw number slot * k + inst is even, the other one otherwise; :func:`release_confusion_targets`);
+    ``uniform`` (vireid's alternative): CE against (1/2, 1/2); ``grl``: true modality through a gradient
+    reversal."""
     weight: float = 1.0
     grl_lambda: float = 1.0
 
 
 @dataclass
 class IDKLConfig(RunConfig):
-    """An IDKL run. Defaults are the SYSU-MM01 recipe (method-idkl.md sections 6 and 8)."""
+    """An IDKL run. Defaults are the release's SYSU-MM01 recipe and switches (method-idkl.md sections 6 and 8;
+    vireid's alternatives are the ``idkl/*_vireid.yaml`` variants)."""
 
     method: str = "idkl"
     data: DataConfig = field(default_factory=lambda: DataConfig(height=384, width=144))
@@ -159,6 +175,96 @@ class IDKLConfig(RunConfig):
     csa: CSAConfig = field(default_factory=CSAConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     confusion: ConfusionConfig = field(default_factory=ConfusionConfig)
+
+    def check_loaded(self, source: str) -> None:
+        """Called by :func:`vireid.config.load_config`: the release regime must match the batch size."""
+        check_release_regime(self, source)
+
+
+RELEASE_BATCH = 120
+"""The one batch size at which the release uses its full weights (``bb = 120`` in its ``train_forward``)."""
+RELEASE_REGIME_PRESETS = {True: "idkl_release_120", False: "idkl_release_other"}
+"""The preset (``configs/idkl/presets/NAME.yaml``) of the release's regime, keyed by ``batch == 120``."""
+
+
+def images_per_batch(cfg: IDKLConfig) -> int:
+    """P identities x K draws x 2 modalities: what the release's ``feat.size(0)`` counts."""
+    return 2 * cfg.sampler.P * cfg.sampler.K
+
+
+def _regime_keys(cfg: IDKLConfig) -> list[str]:
+    """The weight keys that the release's batch-size switch sets and that this config actually uses."""
+    keys = ["tgsa.form", "tgsa.inter_weight", "tgsa.scale"] if cfg.tgsa.enabled else []
+    if cfg.csa.per_sample or cfg.csa.per_identity:
+        keys.append("csa.inter_weight")
+    return keys
+
+
+@functools.cache
+def _preset_values(name: str) -> dict[str, Any]:
+    """The dotted ``tgsa.*`` / ``csa.*`` values of a regime preset, read from its YAML (one source of truth)."""
+    from vireid.config import packaged_configs, read_yaml
+
+    data = read_yaml(packaged_configs() / "idkl" / "presets" / f"{name}.yaml")
+    return {f"{section}.{key}": value for section in ("tgsa", "csa") for key, value in data[section].items()}
+
+
+def release_regime(cfg: IDKLConfig) -> str | None:
+    """The name of the release regime preset whose weights ``cfg`` carries, or ``None`` for weights of its own.
+
+    Only the keys the config uses count (with TGSA off, the CSA weight alone decides, as for RegDB).
+    """
+    keys = _regime_keys(cfg)
+    if not keys:
+        return None
+    for name in RELEASE_REGIME_PRESETS.values():
+        preset = _preset_values(name)
+        if all(_dotted(cfg, key) == preset[key] for key in keys):
+            return name
+    return None
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_release_regime(cfg: IDKLConfig, source: str = "config") -> None:
+    """Refuse a config that carries one release regime at the batch size where the release uses the other.
+
+    The release switches its TGSA/CSA weights on ``batch == 120`` (method-idkl.md section 4); vireid makes them
+    config values (the two presets) and checks at load time that a config which claims a release regime claims
+    the right one, so that e.g. the batch-64 demo cannot silently run the batch-120 weights. Custom weights
+    (neither preset) and ``tgsa.regime=force`` are not checked.
+    """
+    carried = release_regime(cfg)
+    if carried is None or cfg.tgsa.regime == "force":
+        return
+    batch = images_per_batch(cfg)
+    expected = RELEASE_REGIME_PRESETS[batch == RELEASE_BATCH]
+    if carried == expected:
+        return
+    wanted = _preset_values(expected)
+    overrides = " ".join(f"{key}={wanted[key]}" for key in _regime_keys(cfg))
+    where = "exactly" if batch == RELEASE_BATCH else "any batch other than"
+    raise ConfigError(
+        f"{source}: sampler.P={cfg.sampler.P} x sampler.K={cfg.sampler.K} x 2 modalities = {batch} images per "
+        f"batch, but the TGSA/CSA weights are the release's {carried} regime; at {where} {RELEASE_BATCH} images "
+        f"the release uses {expected} (configs/idkl/presets/{expected}.yaml).",
+        fix=f"set {overrides}, or tgsa.regime=force to keep these weights on purpose.",
+    )
+
+
+def regime_label(cfg: IDKLConfig) -> str:
+    """How a run reports its weights: a preset name, ``custom``, or ``PRESET (forced at batch B)``."""
+    carried = release_regime(cfg)
+    if carried is None:
+        return "custom"
+    batch = images_per_batch(cfg)
+    if RELEASE_REGIME_PRESETS[batch == RELEASE_BATCH] != carried:
+        return f"{carried} (forced at batch {batch})"
+    return carried
 
 
 def check_config(cfg: IDKLConfig) -> None:
@@ -183,6 +289,8 @@ def switches(cfg: IDKLConfig) -> dict[str, Any]:
         "transfer_temperature": cfg.transfer.temperature,
         "tgsa": f"{cfg.tgsa.form}" if cfg.tgsa.enabled else "off",
         "tgsa_logits": cfg.tgsa.logits,
+        "tgsa_cross": cfg.tgsa.cross,
+        "tgsa_regime": regime_label(cfg),
         "tgsa_tau": cfg.tgsa.tau,
         "tgsa_inter_weight": cfg.tgsa.inter_weight,
         "tgsa_scale": cfg.tgsa.scale,
@@ -224,15 +332,27 @@ class IdentityPairs:
         """``x[rows]`` as (P, k, ...): slot-major, instance-minor."""
         return x[rows].reshape(self.num_slots, self.per_slot, *x.shape[1:])
 
-    def cross_rows(self) -> torch.Tensor:
-        """TGSA's cross set: the visible rows of slots < P/2, then the infrared rows of slots < P/2."""
+    def cross_rows(self, cross: str = "release") -> torch.Tensor:
+        """TGSA's cross set X, n = P * k rows, half visible and half infrared (``tgsa.cross``).
+
+        ``release``: the visible rows of slots < P/2, then the infrared rows of slots < P/2 (the release's
+        ``[first half of V; first half of I]``). Row j >= n/2 of X is then an infrared image of slot
+        s - P/2 where row j of V and I belongs to slot s: TGSA compares the neighbourhoods of two different
+        identities there. ``aligned``: the visible rows of slots < P/2, then the infrared rows of slots >= P/2,
+        so row j of X has the slot (identity) and instance of row j of V and of I, and the row-by-row
+        comparison of D(V), D(X), D(I) compares one identity's neighbourhoods across modalities.
+        """
         if self.num_slots % 2:
             raise ConfigError(
                 f"TGSA's cross set takes the first P/2 identity slots, but the batch has P={self.num_slots}.",
                 fix="use an even sampler.P, or tgsa.form=reduced.",
             )
         first = self.row_slot[self.vis] < self.num_slots // 2
-        return torch.cat([self.vis[first], self.ir[first]])
+        if cross == "release":
+            return torch.cat([self.vis[first], self.ir[first]])
+        if cross == "aligned":
+            return torch.cat([self.vis[first], self.ir[~first]])
+        raise ConfigError(f"tgsa.cross='{cross}' is unknown.", fix="use release or aligned.")
 
 
 def pair_identities(batch: CrossModalBatch) -> IdentityPairs:
@@ -344,7 +464,7 @@ def tgsa_loss(
     """Triplet graph-structure alignment on pre-BN features f_sh, f_sp (B, C).
 
     With D(S) the distance logits of a row set S (:func:`distance_logits`), V / I the visible / infrared rows
-    in pairing order and X the cross set (:meth:`IdentityPairs.cross_rows`):
+    in pairing order and X the cross set of ``cfg.cross`` (:meth:`IdentityPairs.cross_rows`):
     inter = T(D(V_sh), D(V_sp)) + T(D(I_sh), D(I_sp)) (:func:`transfer_term`);
     intra = SKL(D(V_sh), D(I_sh)) [+ SKL(D(V_sh), D(X_sh)) + SKL(D(X_sh), D(I_sh)) for ``full``];
     L = scale * (intra + inter_weight * inter). Rows of different sets are matched by position, which the
@@ -361,7 +481,7 @@ def tgsa_loss(
     )
     intra = symmetric_kl(v_sh, i_sh)
     if cfg.form == "full":
-        x_sh = logits(f_sh, pairs.cross_rows())
+        x_sh = logits(f_sh, pairs.cross_rows(cfg.cross))
         intra = intra + symmetric_kl(v_sh, x_sh) + symmetric_kl(x_sh, i_sh)
     elif cfg.form != "reduced":
         raise ConfigError(f"tgsa.form='{cfg.form}' is unknown.", fix="use full or reduced.")
@@ -436,22 +556,39 @@ def centroid_gap_loss(
     return F.relu(gated - plain + margin).mean()
 
 
+def release_confusion_targets(batch: CrossModalBatch, pairs: IdentityPairs) -> torch.Tensor:
+    """(B,) the modality targets the release gives D_sh, computed from the index fields.
+
+    The release orders a batch per draw as (infrared, visible), draw g = slot * k + inst at rows 2g and 2g+1,
+    and takes t = roll(repeat_interleave(m[:B/2], 2), -1) of its modality vector m. Row 2g+b (b = 0 infrared,
+    1 visible) then gets m[((2g+b+1) mod B) // 2]: the true modality when the draw number g is even, the other
+    one when g is odd; the roll wraps the last row (the visible image of draw P*k-1) onto m[0] = infrared, which
+    breaks the parity rule only when P*k is odd. (slot + inst has the parity of g only for odd k; that was
+    vireid's first version of this rule.)
+    """
+    modality = batch.modality
+    draw = pairs.row_slot * pairs.per_slot + pairs.row_inst
+    targets = torch.where(draw % 2 == 0, modality, 1 - modality)
+    last = pairs.num_slots * pairs.per_slot - 1
+    if last % 2 == 0:  # P*k odd: the wrapped row
+        targets = torch.where((draw == last) & (modality == 0), torch.ones_like(targets), targets)
+    return targets
+
+
 def modality_confusion_loss(
     modality_logits: torch.Tensor, batch: CrossModalBatch, pairs: IdentityPairs, mode: str
 ) -> torch.Tensor:
     """CE of D_sh's (B, 2) logits against the confusion target of ``mode`` (see :class:`ConfusionConfig`).
 
-    ``release_pattern`` reproduces the release, whose targets come from rolling the modality vector of its
-    interleaved batch: row (slot, inst) keeps its true modality when slot + inst is even and gets the other
-    one otherwise. Here the pattern is computed from the index fields, so it survives any batch order.
+    ``release_pattern`` reproduces the release's targets (:func:`release_confusion_targets`), computed from the
+    index fields, so they survive any batch order.
     """
     logits = at_least_float32(modality_logits)
     modality = batch.modality
     if mode == "uniform":
         return F.cross_entropy(logits, torch.full_like(logits, 0.5))
     if mode == "release_pattern":
-        keep = (pairs.row_slot + pairs.row_inst) % 2 == 0
-        return F.cross_entropy(logits, torch.where(keep, modality, 1 - modality))
+        return F.cross_entropy(logits, release_confusion_targets(batch, pairs))
     if mode == "grl":  # the gradient reversal sits in front of D_sh inside the network
         return F.cross_entropy(logits, modality)
     raise ConfigError(f"confusion.mode='{mode}' is unknown.", fix="use uniform, release_pattern or grl.")

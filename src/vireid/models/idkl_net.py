@@ -24,7 +24,9 @@ Differences from the public release, all deliberate [reconstruction]:
 * Options the release does not have: ``model.specific_branch: per_modality`` (one specific branch per
   modality, routed by the ``modality`` field) and ``model.stems: per_modality`` (AGW's two stems).
 * Heads reuse vireid's AGW-family blocks (BNNeck with gamma ~ N(1, 0.01) and a frozen zero bias; identity
-  classifiers with weights ~ N(0, 0.001)); the release keeps PyTorch's default initialisation for them.
+  classifiers C_sh and C_sp with weights ~ N(0, 0.001)); the release keeps PyTorch's default initialisation
+  for them. C_ent (the entropy-margin classifier) keeps PyTorch's default, as the release: the AGW
+  initialisation makes L_ent inert at the start.
 """
 
 from __future__ import annotations
@@ -281,7 +283,11 @@ class IDKLNet(nn.Module):
         self.bn_sp = BNNeck(channels, bias_frozen=cfg.bnneck_bias_frozen)
         self.classifier_sh = IdentityClassifier(channels, num_classes)
         self.classifier_sp = IdentityClassifier(channels, num_classes)
-        self.classifier_ent = IdentityClassifier(channels, num_classes)
+        # C_ent keeps PyTorch's default Linear initialisation, as the release does (review fix, issue 14.4):
+        # under N(0, 0.001) its logits are ~0, both softmaxes are near uniform where the entropy is at its
+        # maximum, so L_ent and its gradient start at ~0 (W = 0 is a stationary point) and the entropy
+        # margin never engages. C_sh and C_sp keep vireid's AGW initialisation (their CE drives them anyway).
+        self.classifier_ent = nn.Linear(channels, num_classes, bias=False)
         self.discriminator_sh = ModalityDiscriminator(channels, cfg.discriminator_hidden, cfg.discriminator_dropout)
         self.discriminator_sp = ModalityDiscriminator(channels, cfg.discriminator_hidden, cfg.discriminator_dropout)
         self.shared_discriminator_grl = float(shared_discriminator_grl)

@@ -10,7 +10,7 @@ gives the number of training identities. ``classifier`` exists only with ``--nce
 
 from __future__ import annotations
 
-from vireid.convert.mapping import Drop, KeyMapping, Rename, non_local_renames
+from vireid.convert.mapping import CopyFrom, Drop, KeyMapping, Rename, non_local_renames
 from vireid.convert.source import ReleaseSource
 
 _MEMORY = "MCE identity memories (training state, rebuilt every epoch; not part of the network)"
@@ -34,6 +34,16 @@ MAPPING = KeyMapping(
         ),
     ),
     drops=tuple(Drop(f"{name}.", _MEMORY) for name in ("memory", "memory_rgb", "memory_ir", "memory_ca")),
+    # The release normalises both modalities with one set of running statistics; a vireid student with
+    # per-modality running statistics (student.bn=per_modality) gets that set for its infrared rows too, so its
+    # output equals the release's.
+    copies=(
+        CopyFrom(
+            "infrared_bn_stats.",
+            "",
+            "the release keeps one set of BatchNorm running statistics for both modalities",
+        ),
+    ),
 )
 
 SOURCE = ReleaseSource(

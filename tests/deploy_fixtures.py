@@ -102,9 +102,13 @@ def write_gallery(root: Path, pids=(1, 2, 3, 4, 5), per_id: int = 3, cam: int = 
 
 
 def register_toy_text_method(monkeypatch) -> None:
-    import vireid.methods
+    """Register the toy text method in a copy of the method registry that ``monkeypatch`` puts back."""
+    import vireid.methods.registry as registry
+    from toy_text_method import METHOD
 
-    monkeypatch.setitem(vireid.methods._MODULES, "toytext", "toy_text_method")
+    scoped = registry.REGISTRY.copy()
+    scoped.register("toytext", METHOD)
+    monkeypatch.setattr(registry, "REGISTRY", scoped)
 
 
 def save_tiny_text(folder: Path) -> Path:

@@ -499,7 +499,7 @@ def test_dataset_from_config_passes_trial_only_to_regdb(tmp_path):
     regdb = dataset_from_config(DataConfig(dataset="regdb", root=str(tmp_path), trial=4, strict_counts=True))
     assert regdb.trial == 4 and regdb.strict_counts
     sysu = dataset_from_config(DataConfig(dataset="sysu", root=str(tmp_path), trial=4))
-    assert type(sysu).__name__ == "SysuMM01"
+    assert type(sysu.reader).__name__ == "SysuMM01"  # the reader, bound to its protocols by the catalog
 
 
 def test_holdout_selection_is_deterministic_and_validated():

@@ -8,20 +8,39 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["FeatureExtractor", "__version__", "evaluate", "load_config"]
+__all__ = [
+    "FeatureExtractor",
+    "__version__",
+    "create_model",
+    "evaluate",
+    "list_configs",
+    "list_methods",
+    "load",
+    "load_config",
+    "register_method",
+]
+
+# name -> module that defines it; imported on first access (module ``__getattr__``, PEP 562).
+_LAZY = {
+    "create_model": "vireid.api",
+    "load": "vireid.api",
+    "list_methods": "vireid.api",
+    "list_configs": "vireid.api",
+    "register_method": "vireid.api",
+    "evaluate": "vireid.evaluation",
+    "load_config": "vireid.config",
+    "FeatureExtractor": "vireid.inference",
+}
 
 
 def __getattr__(name: str):
-    if name == "evaluate":
-        from vireid.evaluation import evaluate
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vireid' has no attribute {name!r}")
+    import importlib
 
-        return evaluate
-    if name == "load_config":
-        from vireid.config import load_config
+    return getattr(importlib.import_module(module), name)
 
-        return load_config
-    if name == "FeatureExtractor":
-        from vireid.inference import FeatureExtractor
 
-        return FeatureExtractor
-    raise AttributeError(f"module 'vireid' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

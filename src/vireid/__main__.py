@@ -1,4 +1,4 @@
-"""``python -m vireid ...`` runs the same command-line front end as the ``vireid`` script."""
+"""``python -m vireid ...``: the same command line as the ``vireid`` script."""
 
 import sys
 

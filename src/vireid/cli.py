@@ -29,6 +29,34 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, mps... (default: the first GPU if any, else the CPU); checked to exist",
+    )
+
+
+def _add_amp(p: argparse.ArgumentParser) -> None:
+    from vireid.devices import AMP_CHOICES
+
+    p.add_argument(
+        "--amp",
+        default="none",
+        choices=AMP_CHOICES,
+        help="feature extraction precision: none = fp32 (default; the same for test, index and search, so a "
+        "deployed gallery holds the features that were evaluated), or on the GPU auto/bf16/fp16 autocast",
+    )
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse an unavailable ``--device`` before any work (one line naming the devices there are)."""
+    if getattr(args, "device", None) is not None:
+        from vireid.devices import resolve_device
+
+        resolve_device(args.device)
+
+
 # ----------------------------------------------------------------------------------------------- handlers
 
 
@@ -54,7 +82,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from vireid.evaluation.protocols import print_protocol_selection
+    from vireid.evaluation.protocols.selection import print_protocol_selection
 
     print_protocol_selection(
         dataset=args.dataset,
@@ -78,6 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.overrides,
         resume=args.resume,
         allow_config_change=args.allow_config_change,
+        device=args.device,
     )
     return 0
 
@@ -101,6 +130,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         visualize=args.visualize,
         trials=args.trials,
         overrides=overrides,
+        device=args.device,
+        amp=args.amp,
     )
     return 0
 
@@ -125,6 +156,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         labels=args.labels,
         workers=args.workers,
         ivf=args.ivf,
+        amp=args.amp,
     )
     return 0
 
@@ -144,6 +176,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         query_id=args.query_id,
         nprobe=args.nprobe,
+        amp=args.amp,
     )
     return 0
 
@@ -152,7 +185,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vireid.export import export_onnx_cli
 
     export_onnx_cli(
-        args.checkpoint, onnx_path=args.onnx, opset=args.opset, check=not args.no_check, modality=args.modality
+        args.checkpoint,
+        onnx_path=args.onnx,
+        opset=args.opset,
+        check=not args.no_check,
+        modality=args.modality,
+        device=args.device or "cpu",
     )
     return 0
 
@@ -269,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides key=value")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--allow-config-change", action="store_true", help="resume even though the config differs (logged)")
+    _add_device(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser(
@@ -289,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", default=None, choices=["none", "joint", "query_only"])
     p.add_argument("--flip", action="store_true", default=None, help="flip test-time augmentation")
     p.add_argument("--visualize", type=int, default=0, metavar="K", help="rank lists of the K worst queries")
+    _add_device(p)
+    _add_amp(p)
     p.set_defaults(handler=cmd_test)
 
     p = sub.add_parser("demo", help="generate synthetic data, train on the CPU, evaluate, print results")
@@ -342,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="image decoding processes")
     p.add_argument("--ivf", type=int, default=0, metavar="NLIST", help="also build a faiss IVF index (large galleries)")
-    p.add_argument("--device", default=None)
+    _add_device(p)
+    _add_amp(p)
     p.set_defaults(handler=cmd_index)
 
     p = sub.add_parser("search", help="search an index with a query image or a text description")
@@ -357,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (--backend ivf)")
     p.add_argument("--checkpoint", default=None, help="the index's checkpoint, if it has moved")
     p.add_argument("--query-id", type=int, default=None, help="identity of the query (green/red borders)")
-    p.add_argument("--device", default=None)
+    _add_device(p)
+    _add_amp(p)
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("export", help="export a checkpoint's inference path to ONNX and check parity")
@@ -366,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--modality", default=None, choices=["visible", "infrared", "pair"], help="default: all")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument(
+        "--device", default="cpu", help="where the graph is traced and the PyTorch parity side runs (default cpu)"
+    )
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser(
@@ -491,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: error: {out_of_range}", file=sys.stderr)
         return 2
     try:
+        _check_device(args)
         return int(args.handler(args) or 0)
     except VireidError as exc:
         if debug:

@@ -492,9 +492,12 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 def config_class_for(method: str) -> type[RunConfig]:
     """The config dataclass of a registered method (``baseline``, ``idkl``, ``dakd``, ``dikdnet``)."""
-    from vireid.methods import get_method
+    from vireid.methods.registry import get_method
 
-    return get_method(method).config_class
+    cls = get_method(method).config_class
+    if not issubclass(cls, RunConfig):
+        raise ConfigError(f"method '{method}': config_class {cls.__qualname__} must subclass vireid.config.RunConfig.")
+    return cls
 
 
 def load_config(

@@ -148,15 +148,16 @@ def check_parity(
     batch_sizes: Sequence[int] = DEFAULT_PARITY_BATCHES,
     seed: int = 0,
 ) -> dict[int, float]:
-    """Largest absolute difference between ``graph`` (PyTorch, fp32, CPU) and onnxruntime, per batch size."""
+    """Largest absolute difference between ``graph`` (PyTorch, fp32, on its device) and onnxruntime, per batch."""
     ort = require("onnxruntime", "onnx", "the ONNX parity check")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     diffs: dict[int, float] = {}
     graph.eval()
     for batch in batch_sizes:
         inputs = _example_inputs(graph, batch, height, width, seed + batch)
+        device = next(graph.parameters()).device
         with torch.no_grad():
-            expected = graph(*inputs).numpy()
+            expected = graph(*(x.to(device) for x in inputs)).float().cpu().numpy()
         got = session.run(["features"], {name: x.numpy() for name, x in zip(input_names, inputs)})[0]
         if got.shape != expected.shape:
             raise VireidError(f"{onnx_path}: onnxruntime returned shape {got.shape}, PyTorch {expected.shape}.")
@@ -173,6 +174,7 @@ def export_onnx(
     check: bool = True,
     batch_sizes: Sequence[int] = DEFAULT_PARITY_BATCHES,
     atol: float = DEFAULT_ATOL,
+    device: str | torch.device | None = "cpu",
 ) -> ExportReport:
     """Export the inference path of ``checkpoint`` to ONNX, one file per modality, and check parity.
 
@@ -185,6 +187,8 @@ def export_onnx(
         check: run the onnxruntime parity check (needs the ``onnx`` extra).
         batch_sizes: batch sizes of the parity check (the batch axis is dynamic).
         atol: largest accepted absolute difference of the L2-normalised features.
+        device: where the graph is traced and the PyTorch side of the parity check runs (default ``cpu``;
+            ``None`` = the GPU if any). onnxruntime runs on the CPU.
 
     Raises:
         MissingDependencyError: ``onnx`` (or, with ``check``, ``onnxruntime``) is not installed.
@@ -194,11 +198,13 @@ def export_onnx(
     onnx = require("onnx", "onnx", "ONNX export")
     if check:
         require("onnxruntime", "onnx", "the ONNX parity check")
+    from vireid.devices import resolve_device
     from vireid.engine.loading import LoadedModel, load_model
     from vireid.inference import TEXT_TASK, parse_modality
 
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device="cpu")
-    model = lm.model.to("cpu").eval()
+    dev = resolve_device(device)
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device=dev)
+    model = lm.model.to(dev).eval()
     method = lm.method
     task = getattr(method, "task", "vireid")
     available = ["pair"] if task == TEXT_TASK else ["visible", "infrared"]
@@ -232,7 +238,7 @@ def export_onnx(
             "vireid.output": "L2-normalised features (B, D); cosine similarity = dot product",
             "vireid.flip_tta": str(flip).lower(),
         }
-        _write_graph_atomically(onnx, graph, path, names, meta, height, width, opset)
+        _write_graph_atomically(onnx, graph, path, names, meta, height, width, opset, dev)
         exported = ExportedGraph(path=path, modality=modality, input_names=names)
         if check:
             exported.diffs = check_parity(graph, path, names, height, width, batch_sizes=batch_sizes)
@@ -246,7 +252,9 @@ def export_onnx(
     return report
 
 
-def _write_graph_atomically(onnx, graph, path: Path, names, meta, height: int, width: int, opset: int) -> None:
+def _write_graph_atomically(
+    onnx, graph, path: Path, names, meta, height: int, width: int, opset: int, device: torch.device
+) -> None:
     """Trace ``graph`` into ``path`` through a temporary file in the same folder and ``os.replace``.
 
     A failed export (a read-only folder, a full disk) leaves an existing file at ``path`` as it was and
@@ -257,7 +265,7 @@ def _write_graph_atomically(onnx, graph, path: Path, names, meta, height: int, w
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        example = _example_inputs(graph, 2, height, width, seed=0)
+        example = tuple(x.to(device) for x in _example_inputs(graph, 2, height, width, seed=0))
         axes = {name: {0: "batch"} for name in [*names, "features"]}
         with torch.no_grad():
             torch.onnx.export(
@@ -296,7 +304,14 @@ def _write_graph_atomically(onnx, graph, path: Path, names, meta, height: int, w
 
 
 def export_onnx_cli(
-    checkpoint: str, *, onnx_path: str, opset: int = 17, check: bool = True, modality: str | None = None, console=None
+    checkpoint: str,
+    *,
+    onnx_path: str,
+    opset: int = 17,
+    check: bool = True,
+    modality: str | None = None,
+    device: str | None = "cpu",
+    console=None,
 ) -> ExportReport:
     """``vireid export``: export, check and print a table of files and parity numbers."""
     from rich.console import Console
@@ -305,7 +320,9 @@ def export_onnx_cli(
     from vireid.engine.testing import converted_from
 
     console = console or Console()
-    report = export_onnx(checkpoint, onnx_path, modalities=[modality] if modality else None, opset=opset, check=check)
+    report = export_onnx(
+        checkpoint, onnx_path, modalities=[modality] if modality else None, opset=opset, check=check, device=device
+    )
     title = f"ONNX export of {report.checkpoint} (opset {report.opset})"
     meta_path = Path(report.checkpoint) / "meta.json"
     converted = converted_from(json.loads(meta_path.read_text())) if meta_path.is_file() else None

@@ -259,7 +259,7 @@ class GalleryIndex:
         self._features: np.ndarray | None = None
         self._loaded: dict[str, torch.Tensor] = {}
         self.faiss_cache: dict[str, Any] = {}
-        """faiss indexes built or read by :func:`vireid.search.search_index`, keyed by backend."""
+        """faiss indexes built or read by :func:`vireid.ranking.search_index`, keyed by backend."""
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> GalleryIndex:
@@ -328,8 +328,8 @@ class GalleryIndex:
         return self.folder / IVF_FILE
 
     def search(self, queries: torch.Tensor, k: int = 10, **options):
-        """Rank the gallery for (Q, D) normalised ``queries``; see :func:`vireid.search.search_features`."""
-        from vireid.search import search_index
+        """Rank the gallery for (Q, D) normalised ``queries``; see :func:`vireid.ranking.search_index`."""
+        from vireid.ranking import search_index
 
         return search_index(self, queries, k, **options)
 
@@ -456,6 +456,7 @@ def build_index(
     device: str | None = None,
     ivf_lists: int = 0,
     progress: bool = False,
+    amp: str = "none",
 ) -> GalleryIndex:
     """Extract features of every image under ``images`` and write an index folder to ``output``.
 
@@ -469,6 +470,8 @@ def build_index(
         labels: optional ``<relative path> <identity>`` file; else ``identities`` decides.
         identities: ``auto`` (read from the layout when every image has one) or ``none``.
         batch_size, workers, device: extraction settings.
+        amp: extraction precision, ``none`` (default: fp32, as ``vireid test`` scores) or, on the GPU,
+            ``auto``/``bf16``/``fp16`` (see :class:`vireid.inference.FeatureExtractor`).
         ivf_lists: also build a faiss IVF index with this many lists (0 = none; needs the faiss extra).
         progress: show a progress bar.
 
@@ -488,7 +491,7 @@ def build_index(
     _check_output(output)
     extractor = checkpoint if isinstance(checkpoint, FeatureExtractor) else None
     if extractor is None:
-        extractor = FeatureExtractor(checkpoint, device=device, batch_size=batch_size)
+        extractor = FeatureExtractor(checkpoint, device=device, batch_size=batch_size, amp=amp)
     name = parse_modality(modality, task=extractor.task)
     if name == "text":
         raise ConfigError("an index holds images; modality='text' is for queries.", fix="index with modality='pair'.")
@@ -555,7 +558,7 @@ def build_index(
         )
         (tmp / META_FILE).write_text(meta.to_json())
         if ivf_lists > 0:
-            from vireid.search import build_ivf, save_ivf
+            from vireid.ranking import build_ivf, save_ivf
 
             save_ivf(build_ivf(open_feature_file(tmp / FEATURES_FILE), ivf_lists), tmp / IVF_FILE)
         _check_output(output)

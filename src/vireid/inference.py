@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +40,7 @@ from PIL import Image
 
 from vireid.data.image_io import load_image, to_rgb
 from vireid.data.records import Modality
+from vireid.devices import autocast, resolve_amp_dtype
 from vireid.engine.loading import LoadedModel, load_model
 from vireid.errors import CheckpointError, ConfigError, DataError
 
@@ -51,23 +51,6 @@ ModalityName = Literal["visible", "infrared", "text", "pair"]
 
 TEXT_TASK = "text"
 """``method.task`` of the text -> RGB+thermal methods (DIKDNet); other methods embed single images."""
-
-
-def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` (``auto``/``bf16``/``fp16``/``none``) on ``device``; ``None`` = fp32.
-
-    ``auto`` is bf16 on GPUs that support it, fp16 on other GPUs and fp32 on the CPU, where autocast is
-    slower than fp32 for these convolutional networks.
-    """
-    if amp not in ("auto", "bf16", "fp16", "none"):
-        raise ConfigError(f"amp={amp!r} is not one of auto, bf16, fp16, none.")
-    if amp == "none" or device.type != "cuda":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def parse_modality(value: str | int | Modality, *, task: str) -> ModalityName:
@@ -129,8 +112,10 @@ class FeatureExtractor:
         checkpoint: a checkpoint folder, a run folder (its best checkpoint), or a :class:`LoadedModel`.
         device: ``cuda``, ``cpu``, ``cuda:1``...; default the GPU if there is one.
         batch_size: inputs per forward pass.
-        amp: autocast on the GPU: ``auto`` (bf16 where supported, else fp16), ``bf16``, ``fp16`` or ``none``.
-            Features are always returned in float32 and normalised in float32.
+        amp: ``none`` (default): fp32, the precision ``vireid test`` scores in, so an index built with the
+            defaults holds the features that were evaluated. On the GPU ``auto`` (bf16 where supported, else
+            fp16), ``bf16`` or ``fp16`` autocast the network for speed; features are always returned and
+            normalised in float32.
         flip: flip test-time augmentation (:func:`embed_with_flip`); default the checkpoint's ``eval.flip``,
             so that features match ``vireid test``.
         prefer: which checkpoint of a run folder to use (``best`` or ``last``).
@@ -149,7 +134,7 @@ class FeatureExtractor:
         *,
         device: str | torch.device | None = None,
         batch_size: int = 64,
-        amp: str = "auto",
+        amp: str = "none",
         flip: bool | None = None,
         prefer: str = "best",
     ):
@@ -300,9 +285,7 @@ class FeatureExtractor:
     # ------------------------------------------------------------------------------------------- internals
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     @torch.no_grad()
     def _run(self, fn, *batches: torch.Tensor) -> torch.Tensor:

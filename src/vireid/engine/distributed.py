@@ -47,7 +47,11 @@ def init_distributed(device: str | None = None) -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is not None:
-        dev = torch.device(device)
+        from vireid.devices import resolve_device
+
+        dev = resolve_device(device)  # an unavailable device is one clear error, not a CUDA traceback
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)  # under torchrun each rank takes its own GPU
     elif torch.cuda.is_available():
         dev = torch.device("cuda", local_rank)
     else:

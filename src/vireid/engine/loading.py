@@ -40,8 +40,10 @@ def load_model(
     checkpoint: str | Path, *, device: str | torch.device | None = None, prefer: str = "best"
 ) -> LoadedModel:
     """Load the model of a checkpoint (or of a run folder's best checkpoint) in eval mode."""
-    from vireid.methods import get_method
+    from vireid.devices import resolve_device
+    from vireid.methods.registry import get_method
 
+    device = resolve_device(device)  # checked before anything is read: a missing GPU is one clear line
     loaded = load_checkpoint(checkpoint, prefer=prefer)
     meta = loaded.meta
     if "config" not in meta or "method" not in meta:
@@ -60,7 +62,5 @@ def load_model(
             f"missing {sorted(missing)[:6]}, unexpected {sorted(unexpected)[:6]}.",
             fix="was it written by another vireid version? Re-export it with that version.",
         )
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     return LoadedModel(model=model, cfg=cfg, method=method, meta=meta, path=loaded.path)

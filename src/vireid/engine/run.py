@@ -8,10 +8,18 @@ from pathlib import Path
 from rich.console import Console
 
 from vireid.config import load_config, to_dict
+from vireid.engine.logging import LOG_FILE
 from vireid.errors import ConfigError
 
 
-def train_from_cli(config: str, overrides: list[str], *, resume: str | None = None, allow_config_change=False):
+def train_from_cli(
+    config: str,
+    overrides: list[str],
+    *,
+    resume: str | None = None,
+    allow_config_change=False,
+    device: str | None = None,
+):
     from vireid.engine.trainer import train
 
     cfg = load_config(config, overrides)
@@ -20,18 +28,24 @@ def train_from_cli(config: str, overrides: list[str], *, resume: str | None = No
             f"data.root is not set for dataset '{cfg.data.dataset}'.",
             fix="pass it as an override, e.g. `vireid train CONFIG data.root=/data/SYSU-MM01`.",
         )
-    result = train(cfg, resume=resume, allow_config_change=allow_config_change)
-    console = Console()
+    result = train(cfg, resume=resume, allow_config_change=allow_config_change, device=device)
     if result.interrupted:
         return result
-    console.print(f"[bold green]done[/] run folder: {result.run_dir}")
+    lines = [f"[bold green]done[/] run folder: {result.run_dir}"]
     if result.best_metrics:
         m = result.best_metrics
-        console.print(
+        lines.append(
             f"best on {m.get('split', 'val')} (epoch {m.get('epoch')}): R1 {m['rank1']:.2f}  mAP {m['mAP']:.2f}  "
             f"mINP {m['mINP']:.2f}"
         )
-    console.print(f"test it with: vireid test {result.run_dir}")
+    lines.append(f"test it with: vireid test {result.run_dir}")
+    console = Console()
+    for line in lines:
+        console.print(line)
+    log = Path(result.run_dir) / LOG_FILE
+    if log.is_file():  # the closing summary belongs to the run's log too (main rank only writes one)
+        with log.open("a", encoding="utf-8") as fh:
+            Console(file=fh, no_color=True, highlight=False, soft_wrap=True).print(*lines, sep="\n")
     return result
 
 
@@ -47,13 +61,15 @@ def test_from_cli(
     visualize=0,
     trials=None,
     overrides=(),
+    device=None,
+    amp="none",
 ):
     from vireid.engine.loading import load_model
     from vireid.engine.testing import test_checkpoint
 
     models = []
     for path in [checkpoint] if isinstance(checkpoint, str | Path) else checkpoint:
-        lm = load_model(path)
+        lm = load_model(path, device=device)
         if overrides:
             lm = dataclasses.replace(lm, cfg=load_config(to_dict(lm.cfg), list(overrides), method=lm.meta["method"]))
         models.append(lm)
@@ -67,4 +83,6 @@ def test_from_cli(
         flip=flip,
         visualize=visualize,
         trials=trials,
+        device=device,
+        amp=amp,
     )

@@ -35,6 +35,7 @@ def test_checkpoint(
     batch_size: int | None = None,
     workers: int = 0,
     device: str | None = None,
+    amp: str = "none",
     console: Console | None = None,
 ) -> list[Any]:
     """Run the protocols of ``dataset`` (default: the checkpoint's) and return their ``ProtocolResult``s.
@@ -42,6 +43,10 @@ def test_checkpoint(
     ``checkpoint`` may also be a list of RegDB checkpoints, one per trial (RegDB trains one model per trial):
     each trial is then scored with its own model and the results are reported as one protocol, mean +- std
     over those trials, the way papers report RegDB. Two checkpoints of the same trial are refused.
+
+    ``device``: where to run (default the GPU if any; an unavailable one is a ``ConfigError``). ``amp``:
+    ``none`` (default) extracts in fp32, the precision of ``vireid index``/``search`` and
+    ``FeatureExtractor`` by default, so deployed features are the evaluated ones.
     """
     from vireid.data.catalog import get_dataset
     from vireid.evaluation.rerank import RerankOptions
@@ -134,6 +139,7 @@ def test_checkpoint(
             progress=True,
             thermal_gray3=cfg.data.thermal_gray3,
             selection_split=selection,
+            amp=amp,
         )
         paths = [str(m.path) for m in models]
         seeds = sorted({m.cfg.train.seed for m in models})
@@ -156,7 +162,7 @@ def test_checkpoint(
             from vireid.visualize import save_worst_queries
 
             # The result holds no features: the first trial is embedded again, with the runner's settings.
-            extractor = FeatureExtractor(lm, batch_size=batch_size or cfg.eval.batch_size, flip=use_flip)
+            extractor = FeatureExtractor(lm, batch_size=batch_size or cfg.eval.batch_size, flip=use_flip, amp=amp)
             picture = save_worst_queries(trial_list[0], visualize, out_dir / "ranklists", extractor=extractor)
             console.print(f"rank lists of the {visualize} worst queries: {picture}")
         results.append(result)

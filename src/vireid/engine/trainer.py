@@ -122,7 +122,7 @@ class Trainer:
         allow_config_change: resume even if the config differs from the stored one (differences are logged).
         stop_after_iters: stop (with a resumable checkpoint) once this many global steps are done; used to
             simulate interruptions in tests.
-        device: force a device (default: ``cuda:<local_rank>`` if available, else CPU).
+        device: force a device (default: ``cuda:<local_rank>`` if available, else CPU); checked to exist.
     """
 
     def __init__(
@@ -136,10 +136,16 @@ class Trainer:
         device: str | None = None,
         console=None,
     ):
-        from vireid.methods import get_method
+        from vireid.methods.registry import TRAINING_HOOKS, get_method, missing_hooks
 
         self.cfg = cfg
         self.method = get_method(cfg.method)
+        missing = missing_hooks(self.method, TRAINING_HOOKS)
+        if missing:
+            raise ConfigError(
+                f"method '{cfg.method}' cannot be trained: it lacks {', '.join(missing)}.",
+                fix="see 'Method contract' in docs/architecture.md for the hooks `vireid train` calls.",
+            )
         self.dist: DistContext = init_distributed(device)
         self.stop_after_iters = stop_after_iters
         self._check_selection()
@@ -255,13 +261,19 @@ class Trainer:
         holdout = "val" if cfg.eval.selection == "val" else "none"
         self.split = self.dataset.train_split(holdout=holdout, val_ids=cfg.data.val_ids, seed=cfg.train.seed)
         model = self.method.build_model(cfg, self.split.num_classes)
+        self.logger.save_load_report(model)  # what the pretrained weights did, kept with the run
         model.to(dist.device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         if dist.enabled and cfg.train.sync_bn:
             model = convert_sync_batchnorm(model, dist.device)
         self.model = model
-        groups = self.method.param_groups(model, cfg) if hasattr(self.method, "param_groups") else model.param_groups()
+        if hasattr(self.method, "param_groups"):
+            groups = self.method.param_groups(model, cfg)
+        elif hasattr(model, "param_groups"):
+            groups = model.param_groups()
+        else:  # a plugin model without groups: every parameter at the base learning rate
+            groups = {"all": list(model.parameters())}
         self.optimizer = build_optimizer(cfg.optim, groups)
         self.scheduler = build_scheduler(cfg.sched, self.optimizer, cfg.train.epochs)
         self.amp_dtype = resolve_amp(cfg.train.amp, dist.device)
@@ -407,8 +419,14 @@ class Trainer:
             self.close()
 
     def _fit(self) -> TrainResult:
-        self._build()
-        self._resume()
+        self.logger.attach_library_logging()  # warnings and load reports reach the console and log.txt
+        try:
+            self._build()
+            self._resume()
+        except BaseException as exc:
+            self.logger.print(f"error: {type(exc).__name__}: {exc}", markup=False)
+            self.logger.close()
+            raise
         cfg = self.cfg
         stop = _StopFlag()
         stop.install()
@@ -432,6 +450,10 @@ class Trainer:
                 best = best or (is_last and cfg.eval.selection == "last")  # the last epoch is the selected model
                 if best or is_last or (epoch + 1) % max(1, cfg.train.checkpoint_every) == 0:
                     self.save(epoch + 1, 0, best=best, metrics=metrics)
+        except BaseException as exc:  # the reason a run stopped belongs in its log.txt too
+            self.logger.print(f"error: {type(exc).__name__}: {exc}", markup=False)
+            self.logger.close()
+            raise
         finally:
             stop.uninstall()
         if interrupted and self.dist.is_main:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vireid.data.image_io import load_image
 from vireid.data.records import CaptionRecord, ImageRecord, Modality
+from vireid.devices import autocast, resolve_amp_dtype
 from vireid.errors import ProtocolError
 from vireid.evaluation.metrics import cmc_variant, evaluate, evaluate_embeddings
 from vireid.evaluation.report import ProtocolResult, TrialResult
@@ -108,6 +109,8 @@ class _Extractor:
     flip: bool
     thermal_gray3: bool
     progress: Any
+    amp_dtype: torch.dtype | None = None
+    """Autocast dtype of the network (``None`` = fp32, the default of ``vireid test``)."""
 
     def _check(self, feats: Any, batch: int, what: str) -> torch.Tensor:
         if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or len(feats) != batch:
@@ -126,9 +129,13 @@ class _Extractor:
         inputs = tuple(x.to(self.device, non_blocking=True) for x in inputs)
         batch = len(inputs[0])
         if not self.flip:
-            return F.normalize(self._check(run(*inputs), batch, what), dim=1)
+            with autocast(self.device, self.amp_dtype):
+                out = run(*inputs)
+            return F.normalize(self._check(out, batch, what), dim=1)
         doubled = tuple(torch.cat([x, torch.flip(x, dims=[-1])]) for x in inputs)  # new tensors, inputs untouched
-        feats = F.normalize(self._check(run(*doubled), 2 * batch, what), dim=1)
+        with autocast(self.device, self.amp_dtype):
+            out = run(*doubled)
+        feats = F.normalize(self._check(out, 2 * batch, what), dim=1)
         return F.normalize(feats[:batch] + feats[batch:], dim=1)  # (a + b) / 2 and (a + b) normalise alike
 
     def _loader(self, dataset: Dataset) -> DataLoader:
@@ -176,7 +183,9 @@ class _Extractor:
         task = self.progress.add_task("captions", total=len(texts))
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            feats = self._check(self.embedder.embed_texts(batch), len(batch), "embed_texts")
+            with autocast(self.device, self.amp_dtype):
+                out = self.embedder.embed_texts(batch)
+            feats = self._check(out, len(batch), "embed_texts")
             chunks.append(F.normalize(feats.to(self.device), dim=1))
             self.progress.advance(task, len(batch))
         return torch.cat(chunks)
@@ -277,6 +286,7 @@ def run_protocol(
     thermal_gray3: bool = False,
     selection_split: str | None = None,
     chunk_size: int | None = None,
+    amp: str = "none",
 ) -> ProtocolResult:
     """Evaluate an embedder on every trial of a protocol.
 
@@ -295,6 +305,8 @@ def run_protocol(
         thermal_gray3: decode the thermal image of a pair as gray x 3 (RGBT-PEDE behaviour).
         selection_split: how the evaluated checkpoint was selected (``val``, ``last``, ...); recorded.
         chunk_size: query rows per chunk in ``evaluate`` / re-ranking.
+        amp: ``none`` (default, fp32), or on the GPU ``auto``/``bf16``/``fp16`` autocast for extraction
+            (:func:`vireid.devices.resolve_amp_dtype`); features are scored in fp32 either way. Recorded.
 
     Returns:
         ProtocolResult with per-trial results, mean/std (percent) and metadata.
@@ -319,7 +331,9 @@ def run_protocol(
         for group in groups.values():
             model = per_trial[group[0].index]
             dev = torch.device(device) if device is not None else _default_device(model)
-            extractor = _Extractor(model, transform, load, batch_size, workers, dev, flip, thermal_gray3, bar)
+            extractor = _Extractor(
+                model, transform, load, batch_size, workers, dev, flip, thermal_gray3, bar, resolve_amp_dtype(amp, dev)
+            )
             with _eval_mode(model):
                 feats, index = _extract(group, extractor, is_text)
             for t in group:
@@ -346,6 +360,7 @@ def run_protocol(
         else "cosine similarity of L2-normalised embeddings",
         "rerank": rerank.label if rerank is not None else "none",
         "tta": "flip" if flip else "none",
+        "precision": "fp32" if amp == "none" else f"amp={amp}",
         "selection_split": selection_split,
     }
     return ProtocolResult.from_trials(first.protocol_id, ordered, metadata)

@@ -1,32 +1,30 @@
-"""Registry of training methods, imported lazily.
+"""Training methods and their registry.
 
-A method is one module in this package that exposes ``METHOD``, an object with at least ``name`` and
-``config_class`` (a :class:`vireid.config.RunConfig` subclass), plus the hooks the engine calls (see
-``vireid.methods.base.Method``). Shared blocks (backbones, heads, samplers, augmentations) never import a
-method; methods import shared blocks.
+A method is one module in this package that exposes ``METHOD``, an object honouring the method contract
+(:class:`vireid.methods.base.Method`, described in ``docs/architecture.md``). Methods are looked up by name
+in :mod:`vireid.methods.registry`, which imports built-in methods lazily and also finds methods registered
+at run time (:func:`register_method`) and plugins (entry point group ``vireid.methods``). Shared blocks
+(backbones, heads, samplers, augmentations) never import a method; methods import shared blocks.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vireid.methods.registry import (
+    ENTRY_POINT_GROUP,
+    REGISTRY,
+    UnknownMethodError,
+    available_methods,
+    get_method,
+    register_method,
+    unregister_method,
+)
 
-_MODULES: dict[str, str] = {
-    "baseline": "vireid.methods.baseline",
-    "idkl": "vireid.methods.idkl",
-    "dakd": "vireid.methods.dakd",
-    "dikdnet": "vireid.methods.dikdnet",
-    "mce": "vireid.methods.mce",
-}
-
-
-def available_methods() -> list[str]:
-    return sorted(_MODULES)
-
-
-def get_method(name: str) -> Any:
-    """Return the ``METHOD`` object of a registered method; ``KeyError`` with the valid names otherwise."""
-    if name not in _MODULES:
-        raise KeyError(f"unknown method '{name}'; available: {', '.join(available_methods())}")
-    module = importlib.import_module(_MODULES[name])
-    return module.METHOD
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "REGISTRY",
+    "UnknownMethodError",
+    "available_methods",
+    "get_method",
+    "register_method",
+    "unregister_method",
+]

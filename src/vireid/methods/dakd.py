@@ -511,8 +511,9 @@ def train_teacher_stage(trainer, recipe: str) -> Path:
     A completed teacher run of the same config is reused; a partial one is resumed from its last
     checkpoint. Returns the teacher's run folder.
     """
-    from vireid.engine.trainer import Trainer
-
+    # The nested run uses the class of the trainer that called this hook, so the method layer does not
+    # import the engine above it (docs/architecture.md, layers).
+    trainer_class = type(trainer)
     cfg: DAKDConfig = trainer.cfg
     teacher_cfg = teacher_stage_config(cfg, recipe)
     run_dir = Path(trainer.run_dir) / "teacher"
@@ -524,11 +525,12 @@ def train_teacher_stage(trainer, recipe: str) -> Path:
         f"[bold]DAKD stage 1/2[/]: {'resuming' if partial else 'training'} the {recipe} teacher "
         f"({teacher_cfg.method}, {teacher_cfg.train.epochs} epochs) in {run_dir}"
     )
-    result = Trainer(
+    result = trainer_class(
         teacher_cfg,
         run_dir=None if partial else run_dir,
         resume=run_dir if partial else None,
         console=trainer.logger.console,
+        device=str(trainer.dist.device),  # the teacher runs where the student was asked to (--device)
     ).fit()
     if result.interrupted:
         raise TrainingError(

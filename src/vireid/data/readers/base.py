@@ -1,8 +1,10 @@
 """The interface every dataset reader offers, and the pieces of a training split they share.
 
 A reader is created cheaply (the catalog hands out readers lazily) and reads its root on first use. It
-offers one training split (with validation trials for checkpoint selection; the engine never selects on
-test) and the evaluation protocols of the dataset (``vireid.evaluation.protocols``). Records carry the
+offers records, camera folders and one training split (with the identities held out for checkpoint
+selection; the engine never selects on test). Readers know nothing about evaluation protocols: a protocol
+module (``vireid.evaluation.protocols``) takes what a reader produces, and the dataset catalog
+(:mod:`vireid.data.catalog`) binds each reader to its protocols and validation trial. Records carry the
 dataset's own identities; training labels are assigned per split from ``sorted(unique pids)`` (G5).
 """
 
@@ -10,19 +12,15 @@ from __future__ import annotations
 
 import abc
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from vireid.data.readers.checks import ExpectedCount, compare_counts, warn
 from vireid.data.readers.layout import is_synthetic_root, resolve_root
 from vireid.data.records import CaptionRecord, ImageRecord, Modality, relabel
 from vireid.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from vireid.evaluation.protocols.base import Protocol
-    from vireid.evaluation.trial import Trial
 
 HOLDOUT_CHOICES = ("val", "none")
 
@@ -49,24 +47,28 @@ class TrainSplit:
             datasets (RGBT-PEDES, RGBNT201-PEDES, RGBNT201) one record per RGB+thermal pair, with
             ``pair_path`` set.
         num_classes: number of training identities.
-        val_trials: validation trials on identities held out of ``records`` (empty for ``holdout="none"``).
+        val_trials: validation trials (:class:`vireid.evaluation.trial.Trial`) on the held-out identities.
+            A reader leaves this empty; the dataset catalog's binding fills it from ``val_pids`` and
+            ``val_records`` (``get_dataset(...).train_split()``). Empty for ``holdout="none"``.
         holdout: ``"val"`` or ``"none"``.
-        val_pids: identities of the validation trials (dataset ids).
+        val_pids: identities held out for validation (dataset ids).
         dropped_pids: training identities left out because they have images in one modality only.
         captions: text datasets: one training sample per non-empty caption; ``pair_index`` indexes
             ``records`` and ``label`` equals the label of that pair.
         meta: facts recorded with a run (RegDB trial, holdout seed, ...).
+        val_records: the held-out identities' records, unlabelled (what validation trials are built from).
     """
 
     dataset: str
     records: list[ImageRecord]
     num_classes: int
-    val_trials: list[Trial]
+    val_trials: list[Any]
     holdout: str
     val_pids: tuple[int, ...] = ()
     dropped_pids: tuple[int, ...] = ()
     captions: list[CaptionRecord] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    val_records: tuple[ImageRecord, ...] = ()
 
     @property
     def pairs(self) -> list[ImageRecord]:
@@ -143,36 +145,37 @@ def held_out_train_split(
     holdout: str,
     val_ids: int,
     seed: int,
-    validation_trial: Callable[[list[ImageRecord]], Trial],
     display_name: str,
     dropped_pids: tuple[int, ...] = (),
     meta: dict[str, Any] | None = None,
 ) -> TrainSplit:
-    """The usual :class:`TrainSplit`: hold out ``val_ids`` identities (``holdout="val"``), build their
-    validation trial with ``validation_trial``, relabel the rest 0..N-1.
+    """The usual :class:`TrainSplit`: hold out ``val_ids`` identities (``holdout="val"``) as
+    ``val_records``, relabel the rest 0..N-1.
 
-    Readers differ only in how they pick training records and which validation trial mimics their test
-    protocol; the hold-out choice, relabelling and recorded facts are the same for all of them.
+    Readers differ only in how they pick training records; the hold-out choice, relabelling and recorded
+    facts are the same for all of them. The validation trial is built from ``val_records`` by the
+    dataset's protocol binding (see :mod:`vireid.data.catalog`).
     """
     check_holdout(holdout)
     records = list(records)
     val_pids: tuple[int, ...] = ()
-    val_trials = []
+    held_records: tuple[ImageRecord, ...] = ()
     if holdout == "val":
         val_pids = tuple(select_holdout_ids((r.pid for r in records), val_ids, seed, display_name))
         held = set(val_pids)
-        val_trials = [validation_trial([r for r in records if r.pid in held])]
+        held_records = tuple(r for r in records if r.pid in held)
         records = [r for r in records if r.pid not in held]
     records, num_classes = assign_labels(records)
     return TrainSplit(
         dataset=dataset,
         records=records,
         num_classes=num_classes,
-        val_trials=val_trials,
+        val_trials=[],
         holdout=holdout,
         val_pids=val_pids,
         dropped_pids=dropped_pids,
         meta={**(meta or {}), "holdout_seed": seed if holdout == "val" else None},
+        val_records=held_records,
     )
 
 
@@ -182,12 +185,12 @@ def require_nonempty(items: Sequence[Any], what: str, fix: str) -> None:
 
 
 class ReidDataset(abc.ABC):
-    """Base class of the readers: lazy root resolution, count checks, protocol access.
+    """Base class of the readers: lazy root resolution and count checks.
 
     Subclasses set ``name`` (catalog key), ``display_name`` and ``layout_hint`` (what the root folder
-    should contain, quoted in errors), and implement :meth:`train_split`, :meth:`protocol_ids`,
-    :meth:`standard_protocols` and :meth:`_make_protocol`. Constructors only store options; every file
-    access happens on first use, so building a catalog entry costs nothing.
+    should contain, quoted in errors), and implement :meth:`train_split`. Constructors only store options;
+    every file access happens on first use, so building a catalog entry costs nothing. Protocols are not
+    a reader's business: ``get_dataset(name, root)`` returns the reader bound to them.
     """
 
     name: ClassVar[str] = ""
@@ -219,34 +222,4 @@ class ReidDataset(abc.ABC):
 
     @abc.abstractmethod
     def train_split(self, holdout: str = "val", val_ids: int = 0, seed: int = 0) -> TrainSplit:
-        """Training records and validation trials (see :class:`TrainSplit`)."""
-
-    @abc.abstractmethod
-    def protocol_ids(self) -> list[str]:
-        """Every protocol id this dataset offers."""
-
-    @abc.abstractmethod
-    def standard_protocols(self) -> list[str]:
-        """The protocol ids ``vireid test`` runs by default (the ones papers report)."""
-
-    @abc.abstractmethod
-    def _make_protocol(self, protocol_id: str) -> Protocol:
-        """Build the protocol object for a valid id."""
-
-    def protocol(self, protocol_id: str, trials: int | Sequence[int] | None = None) -> Protocol:
-        """The evaluation protocol ``protocol_id``, optionally restricted to some trials.
-
-        Args:
-            protocol_id: one of :meth:`protocol_ids`.
-            trials: ``None`` = every trial of the protocol; an int ``n`` = the first ``n`` trials; a
-                sequence = those trial indices (as the protocol numbers them).
-
-        Raises:
-            ProtocolError: unknown id (the message lists the valid ones) or invalid trials.
-        """
-        from vireid.evaluation.protocols.base import unknown_protocol
-
-        if protocol_id not in self.protocol_ids():
-            raise unknown_protocol(self.display_name, protocol_id, self.protocol_ids())
-        proto = self._make_protocol(protocol_id)
-        return proto.restrict(trials) if trials is not None else proto
+        """Training records and the held-out validation identities (see :class:`TrainSplit`)."""

@@ -231,30 +231,12 @@ class LLCM(ReidDataset):
         """
         records, dropped = drop_single_modality(self._train, "LLCM")
         require_nonempty(records, "LLCM cross-modal training set", "check idx/train_vis.txt and idx/train_nir.txt.")
-        from vireid.evaluation.protocols.llcm import llcm_validation_trial
-
         return held_out_train_split(
             self.name,
             records,
             holdout=holdout,
             val_ids=val_ids,
             seed=seed,
-            validation_trial=llcm_validation_trial,
             display_name="LLCM",
             dropped_pids=dropped,
         )
-
-    # ---------------------------------------------------------------------------------------- protocols
-
-    def protocol_ids(self) -> list[str]:
-        from vireid.evaluation.protocols.llcm import LLCM_PROTOCOL_IDS
-
-        return list(LLCM_PROTOCOL_IDS)
-
-    def standard_protocols(self) -> list[str]:
-        return ["llcm.ir2vis", "llcm.vis2ir"]
-
-    def _make_protocol(self, protocol_id: str):
-        from vireid.evaluation.protocols.llcm import LlcmProtocol
-
-        return LlcmProtocol(self, protocol_id.removeprefix("llcm."))

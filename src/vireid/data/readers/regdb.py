@@ -197,29 +197,13 @@ class RegDB(ReidDataset):
         """
         records, dropped = drop_single_modality(self.records("train"), f"RegDB trial {self.trial}")
         require_nonempty(records, f"RegDB trial-{self.trial} training set", "check idx/train_*_{trial}.txt.")
-        from vireid.evaluation.protocols.regdb import regdb_validation_trial
-
         return held_out_train_split(
             self.name,
             records,
             holdout=holdout,
             val_ids=val_ids,
             seed=seed,
-            validation_trial=lambda held: regdb_validation_trial(held, self.trial),
             display_name="RegDB",
             dropped_pids=dropped,
             meta={"trial": self.trial},
         )
-
-    # ---------------------------------------------------------------------------------------- protocols
-
-    def protocol_ids(self) -> list[str]:
-        return ["regdb.v2t", "regdb.t2v"]
-
-    def standard_protocols(self) -> list[str]:
-        return ["regdb.v2t", "regdb.t2v"]
-
-    def _make_protocol(self, protocol_id: str):
-        from vireid.evaluation.protocols.regdb import RegdbProtocol
-
-        return RegdbProtocol(self, protocol_id.split(".")[1])

@@ -144,25 +144,11 @@ class RGBNT201(ReidDataset):
 
     def train_split(self, holdout: str = "val", val_ids: int = 0, seed: int = 0) -> TrainSplit:
         """Training triplets of ``train_171``; validation on ``val_ids`` held-out identities (rule ``market``)."""
-        from vireid.evaluation.protocols.rgbnt201 import rgbnt201_validation_trial
-
         return held_out_train_split(
             self.name,
             self.records("train"),
             holdout=holdout,
             val_ids=val_ids,
             seed=seed,
-            validation_trial=rgbnt201_validation_trial,
             display_name="RGBNT201",
         )
-
-    def protocol_ids(self) -> list[str]:
-        return ["rgbnt201.mm"]
-
-    def standard_protocols(self) -> list[str]:
-        return ["rgbnt201.mm"]
-
-    def _make_protocol(self, protocol_id: str):
-        from vireid.evaluation.protocols.rgbnt201 import Rgbnt201Protocol
-
-        return Rgbnt201Protocol(self)

@@ -241,11 +241,9 @@ class _TextPairDataset(ReidDataset):
         train = self.records("train")
         require_nonempty(train, f"{self.display_name} training split of {self.annotation_path}", "check the file.")
         val_pids: tuple[int, ...] = ()
-        val_trials = []
+        val_records: list[ImageRecord] = []
         val_source = None
         if holdout == "val":
-            from vireid.evaluation.protocols.text import text_validation_trial
-
             val_records = self.records("val")
             if val_records:
                 val_source = "json"
@@ -256,17 +254,17 @@ class _TextPairDataset(ReidDataset):
                 val_records = [r for r in train if r.pid in held]
                 train = [r for r in train if r.pid not in held]
             val_pids = tuple(sorted({r.pid for r in val_records}))
-            val_trials = [text_validation_trial(val_records, self.name)]
         records, num_classes = assign_labels(train)
         return TrainSplit(
             dataset=self.name,
             records=records,
             num_classes=num_classes,
-            val_trials=val_trials,
+            val_trials=[],
             holdout=holdout,
             val_pids=val_pids,
             captions=caption_samples(records),
             meta={"val_source": val_source, "holdout_seed": seed if val_source == "held_out_ids" else None},
+            val_records=tuple(val_records),
         )
 
     def _no_json_val(self) -> None:
@@ -274,17 +272,6 @@ class _TextPairDataset(ReidDataset):
             f"{self.annotation_path} has no validation entries; training identities are held out for validation "
             f"instead (never the test split)."
         )
-
-    def protocol_ids(self) -> list[str]:
-        return ["text.t2rgbt"]
-
-    def standard_protocols(self) -> list[str]:
-        return ["text.t2rgbt"]
-
-    def _make_protocol(self, protocol_id: str):
-        from vireid.evaluation.protocols.text import TextProtocol
-
-        return TextProtocol(self)
 
 
 class RGBTPedes(_TextPairDataset):

@@ -207,35 +207,15 @@ class SysuMM01(ReidDataset):
         records, dropped = drop_single_modality(records, "SYSU-MM01")
         require_nonempty(records, "SYSU-MM01 cross-modal training set", "check that cam3/cam6 hold the training ids.")
         records, num_classes = assign_labels(records)
-        val_trials = []
-        val_pids: tuple[int, ...] = ()
-        if holdout == "val":
-            from vireid.evaluation.protocols.sysu import sysu_validation_trial
-
-            val_pids = tuple(self.ids("val"))
-            val_trials = [sysu_validation_trial(self, val_pids)]
+        val_pids = tuple(self.ids("val")) if holdout == "val" else ()
         return TrainSplit(
             dataset=self.name,
             records=records,
             num_classes=num_classes,
-            val_trials=val_trials,
+            val_trials=[],
             holdout=holdout,
             val_pids=val_pids,
             dropped_pids=dropped,
             meta={"val_source": "exp/val_id.txt" if holdout == "val" else None},
+            val_records=tuple(self.images(val_pids, CAMERAS)),
         )
-
-    # ---------------------------------------------------------------------------------------- protocols
-
-    def protocol_ids(self) -> list[str]:
-        from vireid.evaluation.protocols.sysu import SYSU_PROTOCOL_IDS
-
-        return list(SYSU_PROTOCOL_IDS)
-
-    def standard_protocols(self) -> list[str]:
-        return ["sysu.all.single.random", "sysu.indoor.single.random"]
-
-    def _make_protocol(self, protocol_id: str):
-        from vireid.evaluation.protocols.sysu import SysuProtocol
-
-        return SysuProtocol.from_id(self, protocol_id)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import copy
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vireid.data.records import CaptionRecord, ImageRecord
@@ -108,3 +109,47 @@ class Protocol(abc.ABC):
     @abc.abstractmethod
     def _select(self, index: int) -> tuple[Sequence[ImageRecord | CaptionRecord], Sequence[ImageRecord]]:
         """Query and gallery records of trial ``index``."""
+
+
+@dataclass(frozen=True)
+class DatasetProtocols:
+    """The protocols of one dataset: which ids exist, which ``vireid test`` runs, how to build them, and the
+    validation trial that mimics them on held-out training identities.
+
+    Readers know nothing about protocols; each protocol module defines one of these for its dataset, and
+    the dataset catalog (:mod:`vireid.data.catalog`) binds it to the reader. ``make``, ``validation`` and
+    ``ids`` receive the reader (the records and folders it produced), never the other way round.
+
+    Attributes:
+        ids: every protocol id, or a function of the reader returning them.
+        standard: the ids ``vireid test`` runs by default (the ones papers report).
+        make: ``make(reader, protocol_id) -> Protocol`` for a valid id.
+        validation: ``validation(reader, split) -> Trial`` on ``split.val_pids`` / ``split.val_records``
+            (``None``: the dataset offers no validation trial).
+    """
+
+    ids: tuple[str, ...] | Callable[[Any], Sequence[str]]
+    standard: tuple[str, ...]
+    make: Callable[[Any, str], Protocol]
+    validation: Callable[[Any, Any], Trial] | None = None
+
+    def protocol_ids(self, reader: Any) -> list[str]:
+        return list(self.ids(reader) if callable(self.ids) else self.ids)
+
+    def protocol(self, reader: Any, protocol_id: str, trials: int | Sequence[int] | None = None) -> Protocol:
+        """Protocol ``protocol_id`` of ``reader``, optionally restricted to some trials (see :meth:`Protocol.restrict`).
+
+        Raises:
+            ProtocolError: unknown id (the message lists the valid ones) or invalid trials.
+        """
+        valid = self.protocol_ids(reader)
+        if protocol_id not in valid:
+            raise unknown_protocol(getattr(reader, "display_name", type(reader).__name__), protocol_id, valid)
+        proto = self.make(reader, protocol_id)
+        return proto.restrict(trials) if trials is not None else proto
+
+    def validation_trials(self, reader: Any, split: Any) -> list[Trial]:
+        """The validation trials of a training split held out with ``holdout="val"`` (else none)."""
+        if split.holdout != "val" or self.validation is None:
+            return []
+        return [self.validation(reader, split)]

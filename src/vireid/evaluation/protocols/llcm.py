@@ -24,7 +24,7 @@ from vireid.data.readers.base import CameraFolder
 from vireid.data.readers.llcm import TEST_CAMERAS
 from vireid.data.records import ImageRecord, Modality
 from vireid.errors import DataError
-from vireid.evaluation.protocols.base import Protocol
+from vireid.evaluation.protocols.base import DatasetProtocols, Protocol
 from vireid.evaluation.protocols.sampling import sample_random
 from vireid.evaluation.trial import Trial
 
@@ -128,3 +128,20 @@ def llcm_validation_trial(held_out: Sequence[ImageRecord]) -> Trial:
         max_rank=20,
         meta={"dataset": "llcm", "split": "val", "direction": "ir2vis", "sampler": "random", "shots": 1, "trial": 0},
     )
+
+
+def _llcm_make(dataset, protocol_id) -> Protocol:
+    return LlcmProtocol(dataset, protocol_id.removeprefix("llcm."))
+
+
+def _llcm_validation(dataset, split) -> Trial:
+    return llcm_validation_trial(split.val_records)
+
+
+LLCM_PROTOCOLS = DatasetProtocols(
+    ids=LLCM_PROTOCOL_IDS,
+    standard=("llcm.ir2vis", "llcm.vis2ir"),
+    make=_llcm_make,
+    validation=_llcm_validation,
+)
+"""LLCM's protocols, bound to the ``llcm`` reader by the dataset catalog."""

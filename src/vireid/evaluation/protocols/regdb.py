@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from vireid.data.records import ImageRecord, Modality
 from vireid.errors import DataError
-from vireid.evaluation.protocols.base import Protocol
+from vireid.evaluation.protocols.base import DatasetProtocols, Protocol
 from vireid.evaluation.trial import Trial
 
 if TYPE_CHECKING:
@@ -60,3 +60,20 @@ def regdb_validation_trial(held_out: Sequence[ImageRecord], trial: int) -> Trial
         max_rank=20,
         meta={"dataset": "regdb", "split": "val", "direction": "v2t", "regdb_trial": trial, "trial": trial},
     )
+
+
+def _regdb_make(dataset, protocol_id) -> Protocol:
+    return RegdbProtocol(dataset, protocol_id.split(".")[1])
+
+
+def _regdb_validation(dataset, split) -> Trial:
+    return regdb_validation_trial(split.val_records, dataset.trial)
+
+
+REGDB_PROTOCOLS = DatasetProtocols(
+    ids=tuple(f"regdb.{d}" for d in DIRECTIONS),
+    standard=tuple(f"regdb.{d}" for d in DIRECTIONS),
+    make=_regdb_make,
+    validation=_regdb_validation,
+)
+"""RegDB's protocols (both directions of the reader's trial), bound to the ``regdb`` reader by the catalog."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vireid.data.records import ImageRecord
-from vireid.evaluation.protocols.base import Protocol
+from vireid.evaluation.protocols.base import DatasetProtocols, Protocol
 from vireid.evaluation.trial import Trial
 
 if TYPE_CHECKING:
@@ -54,3 +54,20 @@ def rgbnt201_validation_trial(held_out: Sequence[ImageRecord]) -> Trial:
         max_rank=20,
         meta={"dataset": "rgbnt201", "split": "val", "modalities": "RGB+TI", "trial": 0},
     )
+
+
+def _rgbnt201_make(dataset, protocol_id) -> Protocol:
+    return Rgbnt201Protocol(dataset)
+
+
+def _rgbnt201_validation(dataset, split) -> Trial:
+    return rgbnt201_validation_trial(split.val_records)
+
+
+RGBNT201_PROTOCOLS = DatasetProtocols(
+    ids=("rgbnt201.mm",),
+    standard=("rgbnt201.mm",),
+    make=_rgbnt201_make,
+    validation=_rgbnt201_validation,
+)
+"""RGBNT201's protocol, bound to the ``rgbnt201`` reader by the dataset catalog."""

@@ -18,7 +18,7 @@ from vireid.data.readers.base import CameraFolder
 from vireid.data.readers.checks import ExpectedCount
 from vireid.data.records import ImageRecord
 from vireid.errors import DataError
-from vireid.evaluation.protocols.base import Protocol
+from vireid.evaluation.protocols.base import DatasetProtocols, Protocol
 from vireid.evaluation.protocols.sampling import (
     OfficialPermutations,
     load_official_permutations,
@@ -162,3 +162,16 @@ def sysu_validation_trial(dataset: SysuMM01, val_pids: Sequence[int]) -> Trial:
         max_rank=20,
         meta={"dataset": "sysu", "split": "val", "mode": "all", "shots": 1, "sampler": "random", "trial": 0},
     )
+
+
+def _sysu_validation(dataset, split) -> Trial:
+    return sysu_validation_trial(dataset, split.val_pids)
+
+
+SYSU_PROTOCOLS = DatasetProtocols(
+    ids=SYSU_PROTOCOL_IDS,
+    standard=("sysu.all.single.random", "sysu.indoor.single.random"),
+    make=SysuProtocol.from_id,
+    validation=_sysu_validation,
+)
+"""SYSU-MM01's protocols, bound to the ``sysu`` reader by the dataset catalog."""

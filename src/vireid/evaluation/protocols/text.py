@@ -16,7 +16,7 @@ from vireid.data.readers.checks import warn
 from vireid.data.readers.rgbt_pedes import caption_samples
 from vireid.data.records import CaptionRecord, ImageRecord
 from vireid.errors import DataError, ProtocolError
-from vireid.evaluation.protocols.base import Protocol
+from vireid.evaluation.protocols.base import DatasetProtocols, Protocol
 from vireid.evaluation.trial import Trial
 
 if TYPE_CHECKING:
@@ -72,3 +72,20 @@ def text_validation_trial(records: Sequence[ImageRecord], dataset: str) -> Trial
         max_rank=MAX_RANK,
         meta={"dataset": dataset, "split": "val", "direction": "t2rgbt", "trial": 0},
     )
+
+
+def _text_make(dataset, protocol_id) -> Protocol:
+    return TextProtocol(dataset)
+
+
+def _text_validation(dataset, split) -> Trial:
+    return text_validation_trial(split.val_records, dataset.name)
+
+
+TEXT_PROTOCOLS = DatasetProtocols(
+    ids=("text.t2rgbt",),
+    standard=("text.t2rgbt",),
+    make=_text_make,
+    validation=_text_validation,
+)
+"""The text -> RGB+T protocol of RGBT-PEDES and RGBNT201-PEDES, bound to both readers by the catalog."""

@@ -21,6 +21,7 @@ from layout_builders import (
     build_sysu,
     default_sysu_folders,
     text_entries,
+    write_image,
     write_rand_perm,
 )
 from vireid.cli import main
@@ -224,6 +225,7 @@ def test_sysu_official_sampler_errors(tmp_path):
     perms[(4, 3)] = np.tile([1], (10, 1))  # cam4/0003 does not exist
     write_rand_perm(tmp_path, perms, num_pids=3)
     (tmp_path / "exp" / "test_id.txt").write_text("2,3\n")
+    write_image(tmp_path / "cam1" / "0003" / "0001.jpg")  # identity 3 exists, but not in cam4
     ds = get_dataset("sysu", tmp_path)
     with pytest.raises(DataError, match=r"selects images of cam4/0003, which does not exist"):
         ds.protocol("sysu.all.single.official").trial(0)

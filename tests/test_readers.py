@@ -173,7 +173,8 @@ def test_sysu_single_modality_training_ids_are_left_out_with_a_warning(tmp_path)
 def test_sysu_empty_training_split_is_an_error(tmp_path):
     root, _ = sysu_tree(tmp_path)
     (root / "exp" / "train_id.txt").write_text("400,401\n")
-    with pytest.raises(DataError, match=r"training set .* is empty"):
+    # Identities without any folder are refused by name (before the split would end up empty).
+    with pytest.raises(DataError, match=r"train_id\.txt, line 1: identity 400 has no folder"):
         get_dataset("sysu", root).train_split(holdout="val")
 
 

@@ -1,8 +1,10 @@
 """The ``vireid`` command line: a thin layer over the library.
 
 Each sub-command parses its arguments and calls one library function; nothing here computes anything the
-Python API cannot. Errors that vireid raises on purpose (:class:`~vireid.errors.VireidError`) are printed as
-one line naming the problem and the fix, with exit code 2; anything else is a bug and keeps its traceback.
+Python API cannot. Errors that vireid raises on purpose (:class:`~vireid.errors.VireidError`) and errors of
+the environment or of a file's content (``OSError``, non-UTF-8 text, malformed JSON, corrupt safetensors,
+out of memory) are printed as one line naming the problem and the fix, with exit code 2; anything else is a
+bug and keeps its traceback (exit code 1). ``VIREID_DEBUG=1`` shows every traceback.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from vireid.errors import ConfigError, VireidError
+from vireid.config import Range
+from vireid.errors import ConfigError, VireidError, describe_os_error, unwrap_worker_message
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -437,7 +441,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OPTION_RANGES: dict[tuple[str, str], Range] = {
+    ("test", "trials"): Range(ge=1, integer=True),
+    ("test", "visualize"): Range(ge=0, integer=True),
+    ("index", "batch_size"): Range(ge=1, integer=True),
+    ("index", "workers"): Range(ge=0, integer=True),
+    ("index", "ivf"): Range(ge=0, integer=True),
+    ("search", "top"): Range(ge=1, integer=True),
+    ("search", "nprobe"): Range(ge=1, integer=True),
+    ("pretrain", "width"): Range(ge=1, integer=True),
+    # pretrain --steps and --batch-size are checked by vireid.engine.pretrain itself.
+    ("pretrain", "lr"): Range(gt=0),
+    ("pretrain", "workers"): Range(ge=0, integer=True),
+    ("pretrain", "seed"): Range(ge=0, integer=True),
+    ("pretrain", "data_seed"): Range(ge=0, integer=True),
+}
+"""Allowed values of the numeric options, checked in one place right after parsing, with the same
+:class:`~vireid.config.Range` as the config files (a negative ``--trials`` used to slice trials off the
+end, ``--workers -1`` failed deep inside the DataLoader)."""
+
+
+def option_range_error(args: argparse.Namespace) -> str | None:
+    """The message for the first numeric option of ``args`` outside its range in :data:`OPTION_RANGES`."""
+    for (command, dest), allowed in OPTION_RANGES.items():
+        value = getattr(args, dest, None) if args.command == command else None
+        if value is not None and not allowed.allows(value):
+            return f"--{dest.replace('_', '-')} {value} is out of range; use {allowed.describe()}."
+    return None
+
+
+DEBUG_ENV = "VIREID_DEBUG"
+"""Set this environment variable to 1 to see the full traceback of every error, including the one-line ones."""
+
+
+def explain_environment_error(exc: BaseException) -> str | None:
+    """One line for an error caused by the environment or by a file's content, or None for anything else.
+
+    Covered: file-system errors (``OSError``: missing, unreadable or looping paths, full or read-only disks),
+    text that is not UTF-8, malformed JSON, corrupt safetensors files, and running out of memory. Anything
+    else is treated as a bug in vireid and keeps its traceback (see :func:`main`).
+    """
+    import json
+
+    text = str(exc)
+    inner = unwrap_worker_message(text)  # an error raised inside a DataLoader worker process
+    if isinstance(exc, OSError):
+        if exc.errno is not None or exc.filename is not None:
+            return str(describe_os_error(exc))
+        detail = inner or (text.strip().splitlines() or [""])[0]
+        return f"{detail} Fix: check the input files." if detail else None
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"a file is not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}). "
+            "Fix: save text, JSON and YAML files as UTF-8."
+        )
+    if isinstance(exc, UnicodeEncodeError):
+        return (
+            f"text cannot be written as {exc.encoding} ({exc.reason}), probably a file name that is not valid "
+            "UTF-8. Fix: rename the file, or set PYTHONIOENCODING=utf-8:surrogateescape."
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return (
+            f"a JSON file is malformed (line {exc.lineno} column {exc.colno}: {exc.msg}). Fix: restore or re-create it."
+        )
+    if type(exc).__name__ == "SafetensorError":
+        return (
+            f"a safetensors file is corrupt or truncated ({inner or text}). Fix: restore it or use another checkpoint."
+        )
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "out of memory. Fix: lower the batch size (eval.batch_size, --batch-size) or the number of workers."
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``vireid`` command line and return the exit status.
+
+    0: success. 2: a clear error: bad input or options, a missing or corrupt file, a full disk (one line on
+    stderr naming the file or key and the fix). 1: a bug in vireid (full traceback, then one line asking
+    for a report). 130: interrupted. With ``VIREID_DEBUG=1`` every error shows its full traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -448,15 +530,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    prefix = f"vireid {args.command}"
+    out_of_range = option_range_error(args)
+    if out_of_range:
+        print(f"{prefix}: error: {out_of_range}", file=sys.stderr)
+        return 2
     try:
         _check_device(args)
         return int(args.handler(args) or 0)
     except VireidError as exc:
-        print(f"vireid {args.command}: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vireid {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = explain_environment_error(exc)
+        if debug or message is None:
+            # A genuine bug: never hidden. The traceback is printed, then a line that says what it is.
+            traceback.print_exc()
+            print(
+                f"{prefix}: internal error ({type(exc).__name__}); this is a bug in vireid. Please report it with "
+                "the traceback above.",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{prefix}: error: {message} (set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,8 @@ prints that message alone, without a traceback, and exits non-zero. Library user
 
 from __future__ import annotations
 
+import re
+
 
 class VireidError(Exception):
     """Base class of every error vireid raises on purpose.
@@ -16,6 +18,11 @@ class VireidError(Exception):
     """
 
     def __init__(self, message: str, *, fix: str | None = None):
+        # torch re-raises an error from a DataLoader worker as ``type(exc)(text)`` where ``text`` is the
+        # worker's whole formatted traceback; keep only the original one-line message.
+        original = unwrap_worker_message(message) if fix is None and isinstance(message, str) else None
+        if original is not None:
+            message = original
         self.problem = message
         self.fix = fix
         super().__init__(message if not fix else f"{message} Fix: {fix}")
@@ -79,3 +86,60 @@ def require(package: str, extra: str, purpose: str):
         return importlib.import_module(package)
     except ImportError as exc:  # pragma: no cover - exercised through the callers' tests
         raise MissingDependencyError(package.split(".")[0], extra, purpose) from exc
+
+
+# errno -> (what happened, what to do), for file-system errors reported as one line.
+_OS_ERROR_ADVICE: dict[str, tuple[str, str]] = {
+    "ENOENT": ("does not exist", "check the path."),
+    "EACCES": ("cannot be accessed (permission denied)", "check its permissions or choose another path."),
+    "EPERM": ("cannot be accessed (operation not permitted)", "check its permissions or choose another path."),
+    "ELOOP": ("is a symbolic link that loops back on itself", "remove or repair the link."),
+    "ENOSPC": ("cannot be written: the disk is full", "free some space or write to another disk."),
+    "EDQUOT": ("cannot be written: the disk quota is exceeded", "free some space or write to another disk."),
+    "EROFS": ("is on a read-only file system", "choose a writable location."),
+    "EISDIR": ("is a folder where a file was expected", "give the path of a file."),
+    "ENOTDIR": ("has a part that is a file where a folder was expected", "check the path."),
+    "ENAMETOOLONG": ("has a name that is too long", "use a shorter path."),
+    "EMFILE": ("cannot be opened: too many open files", "raise the open-file limit (ulimit -n) or use fewer workers."),
+    "EIO": ("cannot be read or written (input/output error)", "check the disk or copy the file again."),
+}
+
+
+def describe_os_error(exc: OSError, path: object = None, cls: type[VireidError] = VireidError) -> VireidError:
+    """A :class:`VireidError` for a file-system error: one line naming the file, the cause and the fix.
+
+    Used where an ``OSError`` reaches a boundary (image decoding, the CLI) so that a user reads
+    ``/data/x.jpg is a symbolic link that loops back on itself. Fix: remove or repair the link.`` rather
+    than a traceback. ``path`` defaults to the file named by the error itself.
+    """
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(exc.errno or -1, "")
+    target = path if path is not None else exc.filename
+    if exc.filename2 is not None and path is None:
+        target = f"{exc.filename} -> {exc.filename2}"
+    where = str(target) if target is not None else "a file"
+    if name in _OS_ERROR_ADVICE:
+        what, fix = _OS_ERROR_ADVICE[name]
+        return cls(f"{where} {what} ({exc.strerror or exc}).", fix=fix)
+    return cls(f"{where}: {exc.strerror or exc}.", fix="check the path, its permissions and the disk.")
+
+
+_WORKER_HEADER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.*)$")
+
+
+def unwrap_worker_message(text: str) -> str | None:
+    """The original message inside torch's ``Caught X in DataLoader worker process N`` wrapper, else None.
+
+    torch cannot send an exception object back from a worker process, so it sends the formatted traceback
+    and raises ``type(exc)(traceback_text)`` in the main process: a 25-line message whose last line is the
+    one that matters (``vireid.errors.DataError: image ... Fix: ...``).
+    """
+    if not _WORKER_HEADER.match(text):
+        return None
+    for line in reversed(text.rstrip().splitlines()):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return match.group(1)
+    return None

@@ -40,6 +40,22 @@ from vireid.inference import embed_with_flip
 
 DEFAULT_PARITY_BATCHES = (1, 7)
 DEFAULT_ATOL = 1e-4
+MIN_OPSET = 9
+"""Oldest ONNX opset vireid exports to: opset 7-8 lack ``Expand``, which every vireid model's pooling uses
+(measured with torch 2.14: the tiny AGW model exports and passes parity at opsets 9-21)."""
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` if this torch can export vireid models to it, else a :class:`ConfigError` with the range."""
+    from torch.onnx import _constants
+
+    newest = int(_constants.ONNX_MAX_OPSET)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(
+            f"ONNX opset {opset!r} is not supported; vireid exports opsets {MIN_OPSET}..{newest} with this torch.",
+            fix="pass --opset 17 (the default) or another opset in that range.",
+        )
+    return opset
 
 
 class ImageFeatureGraph(nn.Module):
@@ -178,6 +194,7 @@ def export_onnx(
         MissingDependencyError: ``onnx`` (or, with ``check``, ``onnxruntime``) is not installed.
         VireidError: the parity check failed.
     """
+    check_opset(opset)
     onnx = require("onnx", "onnx", "ONNX export")
     if check:
         require("onnxruntime", "onnx", "the ONNX parity check")
@@ -272,6 +289,14 @@ def _write_graph_atomically(
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise storage_error(exc, path, "write the ONNX file") from None
+    except torch.onnx.errors.OnnxExporterError as exc:  # an operator this opset cannot express
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VireidError(
+            f"ONNX export to {path} at opset {opset} failed: {first}",
+            fix="pass a newer --opset, e.g. 17 (the default).",
+        ) from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vireid.data.image_io import load_image
+from vireid.data.image_io import load_image, to_rgb
 from vireid.data.records import Modality
 from vireid.devices import autocast, resolve_amp_dtype
 from vireid.engine.loading import LoadedModel, load_model
@@ -306,7 +306,7 @@ class FeatureExtractor:
         if isinstance(item, str | os.PathLike):
             return load_image(item, gray3=gray3)
         if isinstance(item, Image.Image):
-            img = item.convert("RGB") if item.mode != "RGB" else item
+            img = to_rgb(item, f"input {index}") if item.mode != "RGB" else item
         elif isinstance(item, np.ndarray):
             img = _array_to_pil(item, index)
         elif isinstance(item, torch.Tensor):

@@ -40,7 +40,7 @@ from PIL import Image
 from vireid.data.image_io import load_image
 from vireid.data.records import ImageRecord, Modality
 from vireid.data.transforms.presets import pre_resize
-from vireid.errors import DataError
+from vireid.errors import DataError, describe_os_error
 
 CACHE_FORMAT = "vireid-image-cache"
 CACHE_VERSION = 1
@@ -53,6 +53,8 @@ def _stat(path: str) -> tuple[int, int]:
         raise DataError(
             f"image {path} does not exist.", fix="check the dataset root and that the download is complete."
         ) from None
+    except OSError as exc:  # a symbolic-link loop, a permission problem, an I/O error
+        raise describe_os_error(exc, path, cls=DataError) from None
     return st.st_size, st.st_mtime_ns
 
 
@@ -103,7 +105,9 @@ class ImageCache:
 
 
 def _cache_key(paths: Sequence[str], name: str, height: int, width: int, interpolation: str, gray3: bool) -> str:
-    digest = hashlib.sha1("\n".join(paths).encode("utf-8")).hexdigest()[:12]
+    # surrogateescape: file names that are not valid UTF-8 reach Python as lone surrogates (PEP 383); they
+    # are hashed as their original bytes instead of failing.
+    digest = hashlib.sha1("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return f"{name}-{height}x{width}-{interpolation}{'-gray3' if gray3 else ''}-{digest}"
 
 

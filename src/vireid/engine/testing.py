@@ -17,7 +17,7 @@ from rich.console import Console
 
 from vireid.engine.checkpoint import atomic_write_text
 from vireid.engine.loading import LoadedModel, load_model
-from vireid.errors import ProtocolError
+from vireid.errors import ConfigError, ProtocolError
 from vireid.files import ensure_folder
 
 
@@ -53,6 +53,15 @@ def test_checkpoint(
     from vireid.evaluation.runner import run_protocol
 
     console = console or Console()
+    # Checked before any work: a negative count would slice trials off the end (-1 ran 9 of 10 trials).
+    for option, value, low in (
+        ("trials", trials, 1),
+        ("visualize", visualize, 0),
+        ("batch_size", batch_size, 1),
+        ("workers", workers, 0),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"{option}={value!r} is out of range; it must be an integer >= {low}.")
     items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     if not items:
         raise ProtocolError("no checkpoint given to test.")
@@ -112,6 +121,11 @@ def test_checkpoint(
                 trial_list.append(t)
                 per_trial[t.index] = embedder
         if trials is not None:
+            if trials > len(trial_list):  # running fewer trials than asked for would pass silently
+                raise ConfigError(
+                    f"trials={trials} asked for, but protocol {protocol_id} has {len(trial_list)} trial(s).",
+                    fix=f"pass --trials {len(trial_list)} or fewer (or leave it out to run them all).",
+                )
             trial_list = trial_list[:trials]
         result = run_protocol(
             trial_list,

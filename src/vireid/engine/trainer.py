@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 
-from vireid.config import RunConfig, config_diff, dump_yaml, to_dict
+from vireid.config import RunConfig, config_diff, dump_yaml, to_dict, validate_ranges
 from vireid.engine.checkpoint import (
     CheckpointManager,
     atomic_write_text,
@@ -149,6 +149,7 @@ class Trainer:
         self.dist: DistContext = init_distributed(device)
         self.stop_after_iters = stop_after_iters
         self._check_selection()
+        validate_ranges(cfg, source="run config")  # configs built in Python skip load_config's check
         self._lock: RunLock | None = None
         try:
             self.run_dir = self._prepare_run_dir(run_dir, resume, allow_config_change)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -516,12 +517,46 @@ class _EmbeddingRows(_RowSource):
             raise ProtocolError(f"q_feats has dimension {q.shape[1]} but g_feats has {g.shape[1]}.")
         self.q = torch.nn.functional.normalize(q, dim=1)
         self.g_t = torch.nn.functional.normalize(g, dim=1).T.contiguous()
+        _warn_if_degenerate(q, self.q, "q_feats")
+        _warn_if_degenerate(g, self.g_t.T, "g_feats")
         self.shape = (len(q), len(g))
         self.device = q.device
 
     def block(self, rows: torch.Tensor, work: _Workspace) -> torch.Tensor:
         buf = work.get("dist", (len(rows), self.shape[1]), self.q.dtype)
         return torch.mm(self.q.index_select(0, rows), self.g_t, out=buf).neg_()  # distance = -cosine
+
+
+class DegenerateFeaturesWarning(UserWarning):
+    """Embeddings that cannot rank anything (all zero, or all the same direction): scores come from tie order."""
+
+
+def _warn_if_degenerate(raw: torch.Tensor, unit: torch.Tensor, name: str) -> None:
+    """Warn when rows of ``raw`` are all-zero or when every row has the same direction.
+
+    Why: cosine similarities are then equal, so every ranking is decided by the (stable) gallery order
+    and rank-1/mAP look like results while measuring nothing: typically an untrained or broken model, or
+    features read from the wrong output. A warning rather than an error, so partial results still come back.
+    """
+    if len(raw) == 0:
+        return
+    zero = int((raw.abs().amax(dim=1) == 0).sum())
+    if zero:
+        warnings.warn(
+            f"{name}: {zero} of {len(raw)} embeddings are all zero; their cosine similarity to everything is 0, so "
+            f"their ranks come from tie order, not from the model. Check the model's output (an untrained or "
+            f"broken model, or the wrong feature).",
+            DegenerateFeaturesWarning,
+            stacklevel=4,
+        )
+    elif len(raw) > 1 and float((unit - unit[:1]).abs().max()) <= 1e-6:
+        warnings.warn(
+            f"{name}: all {len(raw)} embeddings point in the same direction, so every similarity ties and ranks "
+            f"come from tie order, not from the model. Check the model's output (an untrained or broken model, "
+            f"or the wrong feature).",
+            DegenerateFeaturesWarning,
+            stacklevel=4,
+        )
 
 
 def _as_feature_tensor(x: Any, name: str) -> torch.Tensor:

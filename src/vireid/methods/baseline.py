@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from vireid.config import ModelConfig, RunConfig
+from vireid.config import ModelConfig, RunConfig, bounded
 from vireid.data.batch import CrossModalBatch
 from vireid.losses import (
     adaptive_weighted_triplet,
@@ -27,36 +27,36 @@ from vireid.models.outputs import ReIDOutput
 
 @dataclass
 class IdLossConfig:
-    weight: float = 1.0
-    label_smoothing: float = 0.0
+    weight: float = bounded(1.0, ge=0.0)
+    label_smoothing: float = bounded(0.0, ge=0.0, lt=1.0)
 
 
 @dataclass
 class TripletLossConfig:
-    margin: float = 0.3
+    margin: float = bounded(0.3, ge=0.0)
 
 
 @dataclass
 class AdpLossConfig:
-    alpha: float = 1.0
-    gamma: float = 1.0
-    square: int = 1
+    alpha: float = bounded(1.0, ge=0.0)
+    gamma: float = bounded(1.0, ge=0.0)
+    square: int = bounded(1, ge=0, le=1)
 
 
 @dataclass
 class BaselineLossConfig:
     id: IdLossConfig = field(default_factory=IdLossConfig)
     metric: Literal["wrt", "adp", "triplet", "none"] = "wrt"
-    metric_weight: float = 1.0
+    metric_weight: float = bounded(1.0, ge=0.0)
     triplet: TripletLossConfig = field(default_factory=TripletLossConfig)
     adp: AdpLossConfig = field(default_factory=AdpLossConfig)
 
 
 @dataclass
 class CajConfig:
-    kl_weight: float = 0.0
+    kl_weight: float = bounded(0.0, ge=0.0)
     """CAJ's optional logit KL between visible-A and the paired thermal rows (``--kl``), off by default."""
-    kl_temperature: float = 3.0
+    kl_temperature: float = bounded(3.0, gt=0.0)
 
 
 @dataclass

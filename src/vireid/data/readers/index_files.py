@@ -30,7 +30,12 @@ def _read_lines(path: str) -> list[str]:
         with open(path, encoding="utf-8-sig", newline=None) as handle:
             return handle.read().split("\n")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not a UTF-8 text file ({exc}).", fix="re-extract the dataset.") from None
+        with open(path, "rb") as handle:
+            line = handle.read(exc.start).count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; this file must be UTF-8 text.",
+            fix="re-save it as UTF-8 (or restore it from the dataset release).",
+        ) from None
 
 
 def read_id_list(path: str) -> list[int]:
@@ -73,6 +78,11 @@ def read_id_list(path: str) -> list[int]:
     if len(unique) != len(ids):
         warnings.warn(f"{path}: some identities are listed twice; each is used once.", DataWarning, stacklevel=2)
     return unique
+
+
+def id_list_line(path: str) -> int:
+    """1-based number of the line :func:`read_id_list` reads (the first non-empty one), for messages."""
+    return next((n for n, line in enumerate(_read_lines(path), start=1) if line.strip()), 1)
 
 
 def read_labelled_list(path: str) -> list[IndexEntry]:

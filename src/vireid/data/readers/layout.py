@@ -63,6 +63,22 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _entry_kind(entry: os.DirEntry) -> str:
+    """``file``, ``dir`` or ``other`` for a folder entry; a symbolic link that cannot be followed is an error.
+
+    ``DirEntry.is_file()`` follows links, and a link that loops (``a.jpg -> a.jpg``, or a chain back to
+    itself) raises ``OSError(ELOOP)`` there, deep inside a reader; report it as the dataset problem it is.
+    """
+    try:
+        return "file" if entry.is_file() else "dir" if entry.is_dir() else "other"
+    except OSError as exc:
+        raise DataError(
+            f"{entry.path} cannot be followed ({exc.strerror or exc}); it is probably a symbolic link that "
+            f"points back to itself.",
+            fix="remove or repair this link in the dataset folder.",
+        ) from None
+
+
 def list_image_files(folder: str) -> tuple[list[str], list[str]]:
     """Image file names of ``folder`` in Python's default string order (data spec G4), and other entries.
 
@@ -75,7 +91,7 @@ def list_image_files(folder: str) -> tuple[list[str], list[str]]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_file() and is_image_name(entry.name):
+            if _entry_kind(entry) == "file" and is_image_name(entry.name):
                 images.append(entry.name)
             else:
                 others.append(entry.name)
@@ -92,7 +108,7 @@ def list_subdirs(folder: str) -> tuple[list[str], list[str]]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            (dirs if entry.is_dir() else others).append(entry.name)
+            (dirs if _entry_kind(entry) == "dir" else others).append(entry.name)
     dirs.sort()
     others.sort()
     return dirs, others

@@ -77,7 +77,17 @@ class RegDB(ReidDataset):
             "copy idx/ from the RegDB release (train/test x visible/thermal x trials 1..10) into the root.",
         )
         out = []
+        first_line: dict[str, int] = {}
         for entry in read_labelled_list(path):
+            # A repeated line would silently put the same image twice into the gallery (or training set).
+            key = entry.path
+            if key in first_line:
+                raise DataError(
+                    f"{path}, line {entry.line}: '{entry.path}' is already listed on line {first_line[key]}; "
+                    f"every image may be listed once.",
+                    fix="delete the repeated line (or restore the index file from the RegDB release).",
+                )
+            first_line[key] = entry.line
             parts = entry.path.split("/")
             if len(parts) < 3 or parts[0].lower() != TOP_FOLDER[modality].lower():
                 raise DataError(

@@ -61,9 +61,19 @@ def read_caption_annotations(path: str) -> list[CaptionAnnotation]:
         DataError: invalid JSON (line and column), or an entry without a required key or with a wrong type
             (entry index and key).
     """
+    with open(path, "rb") as handle:
+        raw = handle.read()
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # JSON is UTF-8 by definition; a Latin-1 or Windows-1252 file would otherwise end in a traceback.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}, line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8; annotation files must be UTF-8 JSON.",
+            fix=f"re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > fixed.json.",
+        ) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}, line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}).") from None
     if not isinstance(data, list):

@@ -23,9 +23,10 @@ from vireid.data.readers.base import (
     require_nonempty,
 )
 from vireid.data.readers.checks import ExpectedCount, logger, warn
-from vireid.data.readers.index_files import read_id_list
+from vireid.data.readers.index_files import id_list_line, read_id_list
 from vireid.data.readers.layout import list_image_files, numeric_folders, require_dir, require_file
 from vireid.data.records import ImageRecord, Modality
+from vireid.errors import DataError
 
 VISIBLE_CAMERAS = (1, 2, 4, 5)
 INFRARED_CAMERAS = (3, 6)
@@ -106,6 +107,18 @@ class SysuMM01(ReidDataset):
                     empty.append(folder)
                     continue
                 folders[(cam, pid)] = tuple(ImageRecord(os.path.join(folder, n), pid, cam, modality) for n in names)
+        present = {pid for _, pid in folders}
+        for split in ("train", "val", "test"):
+            absent = [pid for pid in ids[split] if pid not in present]
+            if absent:
+                # Otherwise the identity silently vanishes from the split (no images, no error).
+                path = os.path.join(exp, f"{split}_id.txt")
+                raise DataError(
+                    f"{path}, line {id_list_line(path)}: identity {absent[0]} has no folder cam<1..6>/{absent[0]:04d} "
+                    f"with images under {root}"
+                    + (f" ({len(absent)} such identities: {absent[:5]})." if len(absent) > 1 else "."),
+                    fix="extract the full image archive, or remove these identities from the id file.",
+                )
         if empty:
             warn(f"SYSU-MM01: {len(empty)} identity folders hold no images and are treated as absent: {empty[:5]}.")
         if ignored:

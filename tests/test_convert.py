@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -339,6 +340,22 @@ def test_a_converted_agw_file_round_trips_into_vireid_test(sysu_root, tmp_path):
     assert all(0.0 <= v <= 100.0 for v in result.mean.values()) and result.trials[0].result.num_valid_queries > 0
     text = console.export_text()
     assert "converted from agw release file sysu_agw_best.t" in text and "selected on the TEST split" in text
+    # index + search with the converted model: the search table says where the model came from too
+    from vireid.index import build_index
+    from vireid.search import search_cli
+
+    # the test identities' visible images (the ones vireid test just embedded: this random tiny network's
+    # non-local blocks overflow on some training images, which the index rightly refuses)
+    test_ids = [int(i) for i in (Path(sysu_root) / "exp" / "test_id.txt").read_text().split(",")]
+    gallery = tmp_path / "gallery"
+    for pid in test_ids:
+        shutil.copytree(Path(sysu_root) / "cam1" / f"{pid:04d}", gallery / f"{pid:04d}")
+    index = build_index(out, gallery, tmp_path / "gallery.vidx", modality="visible", identities="none")
+    query = next((Path(sysu_root) / "cam3" / f"{test_ids[0]:04d}").glob("*.jpg"))
+    console = Console(record=True, width=300)
+    search_cli(str(index.folder), query=str(query), modality="infrared", top=2, console=console)
+    title = " ".join(console.export_text().split())  # the title wraps to the table's width
+    assert "model converted from agw release file sysu_agw_best.t" in title
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -64,12 +64,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("vireid.cli", "vireid.__main__", "vireid")),
 ]
 
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # DIKDNet's staged training (teachers, then students) starts nested runs through the Trainer. It is
-    # being split into a package by the method-review work; it should then take the trainer class from
-    # the hook's ``trainer`` argument, as DAKD does (``type(trainer)(...)``), and this entry can go.
-    ("vireid.methods.dikdnet", "vireid.engine.trainer"): "DIKDNet stages run nested Trainers",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

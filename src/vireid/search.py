@@ -155,6 +155,7 @@ def search_cli(
     from rich.console import Console
     from rich.table import Table
 
+    from vireid.engine.testing import converted_from
     from vireid.inference import FeatureExtractor
 
     console = console or Console()
@@ -185,6 +186,9 @@ def search_cli(
 
     what = "RGB+thermal pairs" if gallery.modality == "pair" else f"{gallery.modality} images"
     title = f"top {len(hits)} of {len(gallery)} {what} ({result.backend} search)"
+    converted = converted_from(extractor.loaded.meta)
+    if converted:  # every table printed for a converted model says so
+        title += f", model converted from {converted}"
     table = Table(title=title)
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")

@@ -49,8 +49,10 @@ def trained_teacher(trainer, method_name: str) -> nn.Module:
     the nested run ``<run>/teacher`` and loaded from there."""
     from vireid.engine.checkpoint import load_checkpoint
     from vireid.engine.loading import load_model
-    from vireid.engine.trainer import Trainer
 
+    # The nested run uses the class of the trainer that called this hook, so the method layer does not
+    # import the engine above it (docs/architecture.md, layers), as DAKD's teacher stage does.
+    trainer_class = type(trainer)
     cfg: DIKDNetConfig = trainer.cfg
     device = trainer.dist.device
     if cfg.teacher.checkpoint:
@@ -70,7 +72,7 @@ def trained_teacher(trainer, method_name: str) -> nn.Module:
         done = int(meta.get("epoch", -1)) >= teacher_cfg.train.epochs
     if not done:
         trainer.logger.print(f"[bold]stage 1/2[/]: training the teachers in {run_dir}")
-        result = Trainer(
+        result = trainer_class(
             teacher_cfg,
             run_dir=None if started else run_dir,
             resume=run_dir if started else None,

@@ -29,8 +29,8 @@ TEST_IDS = (1, 2, 3, 4)
 def sysu_like(tmp_path_factory) -> Path:
     """A SYSU-MM01 layout whose images differ per identity and image (block patterns plus noise)."""
     root = tmp_path_factory.mktemp("sysu_precision")
-    for cam in range(1, 7):
-        write_gallery(root, pids=TEST_IDS, per_id=2, cam=cam)
+    for cam in range(1, 7):  # every listed identity has its folders (an id without one is a DataError)
+        write_gallery(root, pids=(5, 6, *TEST_IDS), per_id=2, cam=cam)
     (root / "exp").mkdir()
     for name, ids in (("train", (5,)), ("val", (6,)), ("test", TEST_IDS)):
         (root / "exp" / f"{name}_id.txt").write_text(",".join(map(str, ids)) + "\n")

@@ -27,8 +27,9 @@ from vireid.data.cache import build_image_cache, decode_resized
 from vireid.data.catalog import get_dataset
 from vireid.data.image_io import load_image
 from vireid.data.readers import SYNTHETIC_MARKER
-from vireid.errors import ConfigError, DataError, VireidError
+from vireid.errors import ConfigError, DataError, StorageError, VireidError, describe_os_error
 from vireid.evaluation.metrics import DegenerateFeaturesWarning, evaluate_embeddings
+from vireid.files import storage_error
 
 # ------------------------------------------------------------------------------------------------- helpers
 
@@ -526,3 +527,34 @@ def test_vireid_error_stays_one_line_with_exit_2(monkeypatch, capsys):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     code, err = run_cli(["info"], capsys)
     assert code == 2 and err == "vireid info: error: the thing is wrong. Fix: do the other thing.\n"
+
+
+# One implementation turns an OSError into a message: vireid.errors.describe_os_error. files.storage_error (writes)
+# calls it with the action, so both give the same advice for the same errno. (errno, strerror, key words of the fix)
+OS_ERROR_ADVICE_CASES = [
+    (errno.ENOSPC, "No space left on device", ["free disk space", "another disk"]),
+    (errno.EROFS, "Read-only file system", ["writable"]),
+    (errno.ELOOP, "Too many levels of symbolic links", ["remove or repair the link"]),
+    (errno.ENOTDIR, "Not a directory", ["a file stands where a folder is needed"]),
+    (errno.EEXIST, "File exists", ["a file stands where a folder is needed"]),
+    (errno.EIO, "Input/output error", ["check the disk"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "fix_words"), OS_ERROR_ADVICE_CASES, ids=[c[1] for c in OS_ERROR_ADVICE_CASES]
+)
+def test_storage_error_and_describe_os_error_give_one_advice(code, reason, fix_words):
+    exc = OSError(code, reason, "/data/out/thing")
+    read_side = describe_os_error(exc)
+    write_side = storage_error(exc, "/data/out", "write the index")
+    assert isinstance(write_side, StorageError) and isinstance(write_side, OSError)
+    assert write_side.problem == f"cannot write the index /data/out: {reason}."
+    assert read_side.problem.startswith("/data/out/thing ") and reason in read_side.problem
+    assert write_side.fix == read_side.fix
+    for word in fix_words:
+        assert word in write_side.fix
+    # A caller's own fix still wins, and a read error can name the action too.
+    assert storage_error(exc, "/x", "lock the run folder", fix="do this.").fix == "do this."
+    described = describe_os_error(exc, "/x", DataError, action="read the image cache")
+    assert isinstance(described, DataError) and str(described).startswith(f"cannot read the image cache /x: {reason}.")

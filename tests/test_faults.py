@@ -27,8 +27,9 @@ from vireid.data.cache import build_image_cache, decode_resized
 from vireid.data.catalog import get_dataset
 from vireid.data.image_io import load_image
 from vireid.data.readers import SYNTHETIC_MARKER
-from vireid.errors import ConfigError, DataError, VireidError
+from vireid.errors import ConfigError, DataError, StorageError, VireidError, describe_os_error
 from vireid.evaluation.metrics import DegenerateFeaturesWarning, evaluate_embeddings
+from vireid.files import storage_error
 
 # ------------------------------------------------------------------------------------------------- helpers
 
@@ -102,9 +103,60 @@ def test_in_range_values_still_load():
 
 
 def test_method_section_numbers_must_be_finite():
-    # IDKL's loss section declares no ranges; a NaN or inf there is still refused by the general rule.
-    with pytest.raises(ConfigError, match=r"'loss\.triplet\.margin' is inf but must be a finite number\."):
-        load_config(None, ["method=idkl", "loss.triplet.margin=.inf"])
+    # IDKL's purifier margins may be any sign (a negative margin is a slack), but never NaN or inf.
+    with pytest.raises(
+        ConfigError, match=r"'purifier\.margin_entropy' is inf but must be a finite number in \(-inf, inf\)"
+    ):
+        load_config(None, ["method=idkl", "purifier.margin_entropy=.inf"])
+
+
+METHOD_RANGE_CASES = [
+    # (packaged config, overrides, key words of the one-line message): a few keys of every method section.
+    ("idkl/sysu", ["tgsa.tau=0"], ["'tgsa.tau' is 0.0", "a finite number in (0, inf)"]),
+    ("idkl/sysu", ["loss.triplet.margin=-1.3"], ["'loss.triplet.margin' is -1.3", "[0, inf)"]),
+    ("idkl/sysu", ["purifier.gate_reduction=0"], ["'purifier.gate_reduction' is 0", "an integer in [1, inf)"]),
+    ("idkl/sysu", ["loss.id.label_smoothing=1"], ["'loss.id.label_smoothing' is 1.0", "[0, 1)"]),
+    ("idkl/sysu", ["model.discriminator_dropout=1"], ["'model.discriminator_dropout' is 1.0", "[0, 1)"]),
+    ("dakd/sysu", ["mask.q=1.5"], ["'mask.q' is 1.5", "[0, 1]"]),
+    ("dakd/sysu", ["kd.temperatures=[2, 0]"], ["'kd.temperatures' is 0.0", "(0, inf) (each element)"]),
+    ("dakd/sysu", ["loss.inst=-0.45"], ["'loss.inst' is -0.45", "[0, inf)"]),
+    ("dakd/sysu", ["prototypes.refresh_every=1"], ["'prototypes.refresh_every' is 1", "an integer in [0, 0]"]),
+    ("dakd/sysu_teacher", ["mce.global_momentum=1"], ["'mce.global_momentum' is 1.0", "[0, 1)"]),
+    ("dakd/sysu_teacher", ["mce.temperature=0"], ["'mce.temperature' is 0.0", "(0, inf)"]),
+    ("dikdnet/rgbt_pedes", ["loss.mlm_probability=1.5"], ["'loss.mlm_probability' is 1.5", "[0, 1]"]),
+    ("dikdnet/rgbt_pedes", ["ikdm.margin=-0.2"], ["'ikdm.margin' is -0.2", "[0, inf)"]),
+    ("dikdnet/rgbt_pedes", ["model.text.context_length=2"], ["'model.text.context_length' is 2", "[3, 512]"]),
+    ("dikdnet/rgbt_pedes", ["lr_groups.fusion_lr=0"], ["'lr_groups.fusion_lr' is 0.0", "(0, inf)"]),
+    (
+        "dikdnet/rgbt_pedes",
+        ["ckdm.temperature=-1", "teacher.views=0"],
+        ["'ckdm.temperature' is -1.0", "'teacher.views' is 0"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "words"), METHOD_RANGE_CASES, ids=[f"{c[0]}:{c[1][0]}" for c in METHOD_RANGE_CASES]
+)
+def test_out_of_range_method_option_is_one_line_naming_key_and_range(config, overrides, words, keep, capsys):
+    before = snapshot(keep)
+    code, err = run_cli(["train", config, f"train.out_dir={keep}", "data.root=/nowhere", *overrides], capsys)
+    assert_one_clear_line(code, err, words)
+    assert snapshot(keep) == before and sorted(os.listdir(keep)) == ["notes.txt"]
+
+
+def test_in_range_method_edge_values_still_load():
+    # The edges that are meaningful load unchanged: a negative purifier margin (slack), zero loss weights,
+    # ikdm.margin 0 (plain distillation), teacher.epochs 0 with a finished teacher, bias_weight_decay null.
+    idkl = load_config("idkl/sysu", ["purifier.margin_entropy=-0.5", "confusion.grl_lambda=0", "tgsa.scale=0"])
+    assert (idkl.purifier.margin_entropy, idkl.confusion.grl_lambda, idkl.tgsa.scale) == (-0.5, 0.0, 0.0)
+    dakd = load_config("dakd/sysu", ["mask.q=0", "mask.low_weight=1", "loss.cls=0"])
+    assert (dakd.mask.q, dakd.mask.low_weight, dakd.loss.cls) == (0.0, 1.0, 0.0)
+    dikd = load_config(
+        "dikdnet/rgbt_pedes",
+        ["ikdm.margin=0", "teacher.epochs=0", "teacher.checkpoint=/some/run", "lr_groups.bias_weight_decay=null"],
+    )
+    assert (dikd.ikdm.margin, dikd.teacher.epochs, dikd.lr_groups.bias_weight_decay) == (0.0, 0, None)
 
 
 def test_baseline_loss_ranges():
@@ -475,3 +527,34 @@ def test_vireid_error_stays_one_line_with_exit_2(monkeypatch, capsys):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     code, err = run_cli(["info"], capsys)
     assert code == 2 and err == "vireid info: error: the thing is wrong. Fix: do the other thing.\n"
+
+
+# One implementation turns an OSError into a message: vireid.errors.describe_os_error. files.storage_error (writes)
+# calls it with the action, so both give the same advice for the same errno. (errno, strerror, key words of the fix)
+OS_ERROR_ADVICE_CASES = [
+    (errno.ENOSPC, "No space left on device", ["free disk space", "another disk"]),
+    (errno.EROFS, "Read-only file system", ["writable"]),
+    (errno.ELOOP, "Too many levels of symbolic links", ["remove or repair the link"]),
+    (errno.ENOTDIR, "Not a directory", ["a file stands where a folder is needed"]),
+    (errno.EEXIST, "File exists", ["a file stands where a folder is needed"]),
+    (errno.EIO, "Input/output error", ["check the disk"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "fix_words"), OS_ERROR_ADVICE_CASES, ids=[c[1] for c in OS_ERROR_ADVICE_CASES]
+)
+def test_storage_error_and_describe_os_error_give_one_advice(code, reason, fix_words):
+    exc = OSError(code, reason, "/data/out/thing")
+    read_side = describe_os_error(exc)
+    write_side = storage_error(exc, "/data/out", "write the index")
+    assert isinstance(write_side, StorageError) and isinstance(write_side, OSError)
+    assert write_side.problem == f"cannot write the index /data/out: {reason}."
+    assert read_side.problem.startswith("/data/out/thing ") and reason in read_side.problem
+    assert write_side.fix == read_side.fix
+    for word in fix_words:
+        assert word in write_side.fix
+    # A caller's own fix still wins, and a read error can name the action too.
+    assert storage_error(exc, "/x", "lock the run folder", fix="do this.").fix == "do this."
+    described = describe_os_error(exc, "/x", DataError, action="read the image cache")
+    assert isinstance(described, DataError) and str(described).startswith(f"cannot read the image cache /x: {reason}.")

@@ -32,8 +32,8 @@ from vireid.errors import ConfigError
 # :func:`validate_ranges` checks the whole config tree in one place when it is built. Why: a value of the
 # right type can still be meaningless (``train.epochs=0`` finishes "done" without a checkpoint,
 # ``optim.lr=-1`` trains uphill, ``eval.batch_size=0`` fails deep inside a DataLoader); catching it at load
-# time names the key and the allowed range in one line. Numbers without declared ranges (method sections)
-# must still be finite.
+# time names the key and the allowed range in one line. Every packaged section declares its ranges (the method
+# sections next to their dataclasses); a number without a declared range must still be finite.
 
 
 @dataclass(frozen=True)

@@ -88,29 +88,49 @@ def require(package: str, extra: str, purpose: str):
         raise MissingDependencyError(package.split(".")[0], extra, purpose) from exc
 
 
-# errno -> (what happened, what to do), for file-system errors reported as one line.
+# errno -> (what happened, what to do), for file-system errors reported as one line. The fixes fit both a
+# read and a write; a caller that knows better passes its own ``fix``.
 _OS_ERROR_ADVICE: dict[str, tuple[str, str]] = {
     "ENOENT": ("does not exist", "check the path."),
     "EACCES": ("cannot be accessed (permission denied)", "check its permissions or choose another path."),
     "EPERM": ("cannot be accessed (operation not permitted)", "check its permissions or choose another path."),
     "ELOOP": ("is a symbolic link that loops back on itself", "remove or repair the link."),
-    "ENOSPC": ("cannot be written: the disk is full", "free some space or write to another disk."),
-    "EDQUOT": ("cannot be written: the disk quota is exceeded", "free some space or write to another disk."),
+    "ENOSPC": (
+        "cannot be written: the disk is full",
+        "free disk space (or point the output to another disk) and run the command again.",
+    ),
+    "EDQUOT": (
+        "cannot be written: the disk quota is exceeded",
+        "free disk space (or point the output to another disk) and run the command again.",
+    ),
     "EROFS": ("is on a read-only file system", "choose a writable location."),
     "EISDIR": ("is a folder where a file was expected", "give the path of a file."),
-    "ENOTDIR": ("has a part that is a file where a folder was expected", "check the path."),
+    "ENOTDIR": (
+        "has a part that is a file where a folder was expected",
+        "a file stands where a folder is needed: check the path or choose another one.",
+    ),
+    "EEXIST": ("already exists", "a file stands where a folder is needed: choose another output path."),
     "ENAMETOOLONG": ("has a name that is too long", "use a shorter path."),
     "EMFILE": ("cannot be opened: too many open files", "raise the open-file limit (ulimit -n) or use fewer workers."),
     "EIO": ("cannot be read or written (input/output error)", "check the disk or copy the file again."),
 }
 
 
-def describe_os_error(exc: OSError, path: object = None, cls: type[VireidError] = VireidError) -> VireidError:
+def describe_os_error(
+    exc: OSError,
+    path: object = None,
+    cls: type[VireidError] = VireidError,
+    *,
+    action: str | None = None,
+    fix: str | None = None,
+) -> VireidError:
     """A :class:`VireidError` for a file-system error: one line naming the file, the cause and the fix.
 
-    Used where an ``OSError`` reaches a boundary (image decoding, the CLI) so that a user reads
-    ``/data/x.jpg is a symbolic link that loops back on itself. Fix: remove or repair the link.`` rather
-    than a traceback. ``path`` defaults to the file named by the error itself.
+    The one place where an ``OSError`` becomes a message (:func:`vireid.files.storage_error` calls it for
+    writes), so that a user reads ``/data/x.jpg is a symbolic link that loops back on itself. Fix: remove or
+    repair the link.`` rather than a traceback. ``path`` defaults to the file named by the error itself.
+    ``action`` (e.g. "write the checkpoint") names what vireid was doing: the message then reads ``cannot
+    write the checkpoint PATH: REASON.``. ``fix`` replaces the default fix of the error's ``errno``.
     """
     import errno as errno_names
 
@@ -119,10 +139,18 @@ def describe_os_error(exc: OSError, path: object = None, cls: type[VireidError] 
     if exc.filename2 is not None and path is None:
         target = f"{exc.filename} -> {exc.filename2}"
     where = str(target) if target is not None else "a file"
-    if name in _OS_ERROR_ADVICE:
-        what, fix = _OS_ERROR_ADVICE[name]
-        return cls(f"{where} {what} ({exc.strerror or exc}).", fix=fix)
-    return cls(f"{where}: {exc.strerror or exc}.", fix="check the path, its permissions and the disk.")
+    reason = exc.strerror or str(exc)
+    what, errno_fix = _OS_ERROR_ADVICE.get(name, (None, None))
+    if action is not None:
+        message = f"cannot {action} {where}: {reason}."
+        generic_fix = "check the path and that the disk is writable, then run the command again."
+    elif what is not None:
+        message = f"{where} {what} ({reason})."
+        generic_fix = "check the path, its permissions and the disk."
+    else:
+        message = f"{where}: {reason}."
+        generic_fix = "check the path, its permissions and the disk."
+    return cls(message, fix=fix or errno_fix or generic_fix)
 
 
 _WORKER_HEADER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")

@@ -26,8 +26,9 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import cast
 
-from vireid.errors import RunInUseError, StorageError
+from vireid.errors import RunInUseError, StorageError, describe_os_error
 
 OWNER_FILE = ".vireid-folder"
 """Marker of a folder vireid created: JSON ``{"kind": ..., "created": ..., "vireid": ...}``."""
@@ -45,20 +46,11 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:tmp|old)-[^/]+$")
 def storage_error(exc: OSError, path: str | os.PathLike, action: str, fix: str | None = None) -> StorageError:
     """Turn an ``OSError`` raised while ``action`` (e.g. "write the checkpoint") into one clear line.
 
-    The reason is taken from ``errno`` (disk full, read-only, permission, a file in the way), the path is
-    the one the user knows (``path``), and ``fix`` (or a default for the errno) says what to do.
+    A thin wrapper of :func:`vireid.errors.describe_os_error` (the single implementation): the reason comes
+    from ``errno`` (disk full, read-only, permission, a file in the way), the path is the one the user knows
+    (``path``), and ``fix`` (or the default for the errno) says what to do.
     """
-    reason = exc.strerror or str(exc)
-    if fix is None:
-        if exc.errno == errno.ENOSPC:
-            fix = "free disk space (or point the output to another disk) and run the command again."
-        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            fix = "choose a folder you can write to."
-        elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
-            fix = "a file stands where a folder is needed: choose another output path."
-        else:
-            fix = "check the path and that the disk is writable, then run the command again."
-    return StorageError(f"cannot {action} {path}: {reason}.", fix=fix)
+    return cast(StorageError, describe_os_error(exc, path, StorageError, action=action, fix=fix))
 
 
 def ensure_folder(path: str | os.PathLike, what: str) -> Path:

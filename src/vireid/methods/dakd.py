@@ -49,6 +49,8 @@ from vireid.config import (
     RunConfig,
     SchedConfig,
     TrainConfig,
+    bounded,
+    each_in_range,
     load_config,
     read_yaml,
     to_dict,
@@ -93,10 +95,10 @@ class StudentConfig:
 
 @dataclass
 class PrototypeConfig:
-    refresh_every: int = 0
+    refresh_every: int = bounded(0, ge=0, le=0)
     """0 = computed once at train start (the only meaningful value: the teacher is frozen, so recomputing
     would give the same prototypes)."""
-    batch_size: int = 128
+    batch_size: int = bounded(128, ge=1)
     """Images per teacher forward while computing the prototypes."""
 
 
@@ -104,10 +106,10 @@ class PrototypeConfig:
 class KDConfig:
     standardize: bool = True
     """Logit standardisation z(u) = (u - mean) / (std + eps) per row before the temperature."""
-    eps: float = 1e-7
-    temperatures: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0])
+    eps: float = bounded(1e-7, gt=0.0)
+    temperatures: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0], metadata=each_in_range(gt=0.0))
     """Temperatures of every KL term, both modalities and both levels; each term is scaled by T²."""
-    class_tau: float = 0.05
+    class_tau: float = bounded(0.05, gt=0.0)
     """τ_c of the class-level logits (embedding · prototypes / τ_c)."""
     release_temperature_sets: bool = False
     """Reproduce the release's asymmetric sets: unmasked RGB terms at {3, 4, 5}, unmasked IR terms at {2, 6}
@@ -121,10 +123,10 @@ class MaskConfig:
     used at both levels; ``own_level_raw`` (release): the T = 1 softmax of each level's own raw teacher
     logits (the 2048-d embedding at instance level)."""
     rule: Literal["batch_quantile", "threshold", "none"] = "batch_quantile"
-    q: float = 0.5
+    q: float = bounded(0.5, ge=0.0, le=1.0)
     """Quantile of ``batch_quantile`` within each modality's rows of the (global) batch; 0.5 = median."""
-    tau: float = 0.5
-    """Confidence threshold of ``rule: threshold``."""
+    tau: float = bounded(0.5, ge=0.0, le=1.0)
+    """Confidence threshold of ``rule: threshold`` (a softmax probability, so in [0, 1])."""
     keep: Literal["high", "low"] = "high"
     """``high``: keep c_i >= threshold (confident teacher predictions); ``low``: c_i <= threshold (release)."""
     reduce: Literal["per_sample", "scalar"] = "per_sample"
@@ -133,23 +135,23 @@ class MaskConfig:
     """Modalities whose terms are masked; the others are averaged unmasked. Release: [ir]."""
     require_correct: bool = False
     """Also require the teacher's nearest prototype to be the sample's identity ("informative")."""
-    low_weight: float = 0.0
+    low_weight: float = bounded(0.0, ge=0.0, le=1.0)
     """Weight of the samples the mask does not select (0 = hard mask)."""
 
 
 @dataclass
 class DAKDLossConfig:
-    inst: float = 0.45
+    inst: float = bounded(0.45, ge=0.0)
     """w_inst (the release's 0.5 x α, α = 0.9)."""
-    cls: float = 0.45
+    cls: float = bounded(0.45, ge=0.0)
     """w_cls."""
-    ce: float = 0.0
+    ce: float = bounded(0.0, ge=0.0)
     """Identity CE on a bias-free classifier over the student's BN feature; > 0 builds the classifier."""
-    label_smoothing: float = 0.0
-    tri: float = 0.0
+    label_smoothing: float = bounded(0.0, ge=0.0, lt=1.0)
+    tri: float = bounded(0.0, ge=0.0)
     """Metric loss on the student's pooled features over the whole batch."""
     metric: Literal["triplet", "wrt"] = "triplet"
-    margin: float = 0.3
+    margin: float = bounded(0.3, ge=0.0)
     """Margin of ``metric: triplet``."""
 
 

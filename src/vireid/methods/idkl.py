@@ -32,7 +32,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from vireid.config import AugConfig, DataConfig, OptimConfig, RunConfig, SamplerConfig, SchedConfig, TrainConfig
+from vireid.config import (
+    AugConfig,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    SamplerConfig,
+    SchedConfig,
+    TrainConfig,
+    bounded,
+)
 from vireid.data.batch import CrossModalBatch
 from vireid.errors import ConfigError, DataError
 from vireid.losses import batch_hard_triplet, cross_entropy_ls, kl_div_temperature, pairwise_euclidean, symmetric_kl
@@ -47,26 +56,26 @@ from vireid.models.idkl_net import IDKLModelConfig, IDKLNet, IDKLOutput
 
 @dataclass
 class IDKLIdLossConfig:
-    weight: float = 1.0
+    weight: float = bounded(1.0, ge=0.0)
     """Weight of CE(C_sh(BN_sh f_sh), y)."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = bounded(0.0, ge=0.0, lt=1.0)
     """Label smoothing of both identity CEs (shared and specific); 0 in the release."""
 
 
 @dataclass
 class IDKLTripletConfig:
-    margin: float = 1.3
+    margin: float = bounded(1.3, ge=0.0)
     """Batch-hard triplet margin on the pre-BN features f_sh and f_sp (release: 1.3)."""
-    weight_sh: float = 1.0
-    weight_sp: float = 1.0
+    weight_sh: float = bounded(1.0, ge=0.0)
+    weight_sp: float = bounded(1.0, ge=0.0)
 
 
 @dataclass
 class SpecificSupervisionConfig:
     """L_sp = id_weight * CE(C_sp(BN_sp f_sp), y) + modality_weight * CE(D_sp(BN_sp f_sp), m)."""
 
-    id_weight: float = 1.0
-    modality_weight: float = 1.0
+    id_weight: float = bounded(1.0, ge=0.0)
+    modality_weight: float = bounded(1.0, ge=0.0)
 
 
 @dataclass
@@ -82,10 +91,14 @@ class PurifierConfig:
 
     enabled: bool = True
     """Add w * (L_ent + L_cen). The purifier itself always shapes f_sp (it is part of the network)."""
-    weight: float = 0.1
-    margin_entropy: float = 0.0
-    margin_centroid: float = 0.0
-    gate_reduction: int = 16
+    weight: float = bounded(0.1, ge=0.0)
+    margin_entropy: float = bounded(0.0)
+    """m_e of L_ent = mean exp(max(0, H(p') - H(p) + m_e)) - 1 (release: 0). Any finite value is allowed: a
+    negative margin is a meaningful slack (gating may raise the entropy by up to -m_e before it costs
+    anything), a positive one asks gating to lower it."""
+    margin_centroid: float = bounded(0.0)
+    """m_c of L_cen = mean max(0, gap(F_in') - gap(F_in) + m_c) (release: 0); any finite value, as m_e."""
+    gate_reduction: int = bounded(16, ge=1)
     """Channel reduction of the two gates (2048 -> 128 for ResNet-50)."""
     centroid_pool: Literal["gem", "avg"] = "gem"
     """Pooling of F_in / F_in' for the centroid gap: ``gem`` (release; clamps the negative half) or ``avg``."""
@@ -98,13 +111,13 @@ class TGSAConfig:
     enabled: bool = True
     form: Literal["full", "reduced"] = "full"
     """``full``: intra = SKL(V,I) + SKL(V,X) + SKL(X,I); ``reduced``: intra = SKL(V,I) only."""
-    inter_weight: float = 0.6
-    scale: float = 1.0
+    inter_weight: float = bounded(0.6, ge=0.0)
+    scale: float = bounded(1.0, ge=0.0)
     """L_TGSA = scale * (intra + inter_weight * inter)."""
     logits: Literal["neg_distance", "release"] = "release"
     """Row softmax over ``+D/tau`` (the release, the reproduction default) or over ``-D/tau``
     (``neg_distance``: near neighbours carry the mass; vireid's alternative, ``idkl/*_vireid.yaml``)."""
-    tau: float = 1.0
+    tau: float = bounded(1.0, gt=0.0)
     cross: Literal["release", "aligned"] = "release"
     """TGSA's cross set X. ``release``: the visible rows of slots < P/2, then the infrared rows of slots < P/2,
     so row j >= n/2 of X (infrared, slot s - P/2) is compared with row j of V and I (slot s): another
@@ -124,7 +137,7 @@ class CSAConfig:
     """CSA1: SKL over per-sample logit rows."""
     per_identity: bool = True
     """CSA2: SKL over (k, P*C) rows that concatenate the logits of the P identities of one instance index."""
-    inter_weight: float = 0.8
+    inter_weight: float = bounded(0.8, ge=0.0)
     """Weight of the specific-to-shared (inter) terms of CSA1 and CSA2; the intra term has weight 1."""
 
 
@@ -135,7 +148,7 @@ class TransferConfig:
     mode: Literal["distill", "mutual"] = "mutual"
     """``mutual`` (release, the reproduction default): symmetric KL with gradients into both branches;
     ``distill`` (vireid's alternative): KL(sg(softmax(b_sp)) || softmax(a_sh)), only the shared side learns."""
-    temperature: float = 1.0
+    temperature: float = bounded(1.0, gt=0.0)
     """Inter-term logits are divided by T and the loss multiplied by T^2."""
 
 
@@ -148,8 +161,9 @@ class ConfusionConfig:
     draw number slot * k + inst is even, the other one otherwise; :func:`release_confusion_targets`);
     ``uniform`` (vireid's alternative): CE against (1/2, 1/2); ``grl``: true modality through a gradient
     reversal."""
-    weight: float = 1.0
-    grl_lambda: float = 1.0
+    weight: float = bounded(1.0, ge=0.0)
+    grl_lambda: float = bounded(1.0, ge=0.0)
+    """Gradient-reversal strength of ``mode: grl`` (1 in the spec); 0 passes no gradient to the encoder."""
 
 
 @dataclass

@@ -49,7 +49,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vireid.config import AugConfig, DataConfig, EvalConfig, OptimConfig, RunConfig, SchedConfig, TrainConfig
+from vireid.config import (
+    AugConfig,
+    DataConfig,
+    EvalConfig,
+    OptimConfig,
+    RunConfig,
+    SchedConfig,
+    TrainConfig,
+    bounded,
+)
 from vireid.data.batch import CrossModalBatch
 from vireid.data.transforms import derive_seed
 from vireid.errors import ConfigError, TrainingError
@@ -65,26 +74,26 @@ from vireid.models.outputs import ReIDOutput
 class MCELossConfig:
     """``mce`` section: loss weights, temperature and memory momenta of the MCE recipe (release defaults)."""
 
-    temperature: float = 0.05
+    temperature: float = bounded(0.05, gt=0.0)
     """τ of every memory logit."""
-    gc: float = 1.0
+    gc: float = bounded(1.0, ge=0.0)
     """Weight of the global-centre triplet L_gc (``--gc``)."""
-    gc_margin: float = 0.3
-    mem: float = 1.0
+    gc_margin: float = bounded(0.3, ge=0.0)
+    mem: float = bounded(1.0, ge=0.0)
     """Weight of L_mem, the CE against the global memory (``--mem``)."""
-    sid: float = 1.0
+    sid: float = bounded(1.0, ge=0.0)
     """Weight of the modality-memory CEs (``--sid``)."""
-    caid: float = 0.4
+    caid: float = bounded(0.4, ge=0.0)
     """Extra factor of the CA-memory CE (``--caid``)."""
-    kl: float = 1.2
+    kl: float = bounded(1.2, ge=0.0)
     """Weight of the cross-modality KL (``--kl``)."""
-    global_momentum: float = 0.1
+    global_momentum: float = bounded(0.1, ge=0.0, lt=1.0)
     """m <- momentum m + (1 - momentum) f_hard for the global memory."""
-    modality_momentum: float = 0.25
+    modality_momentum: float = bounded(0.25, ge=0.0, lt=1.0)
     """m <- momentum m + (1 - momentum) mean for the RGB / IR / CA memories (``--mem_up``)."""
     hard_global: bool = True
     """Update the global memory with the hardest row (release); false uses the batch mean (``--nhard``)."""
-    memory_batch_size: int = 128
+    memory_batch_size: int = bounded(128, ge=1)
     """Images per forward pass when the memories are rebuilt."""
 
 

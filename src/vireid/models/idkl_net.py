@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vireid.config import ModelConfig
+from vireid.config import ModelConfig, bounded
 from vireid.errors import ConfigError
 from vireid.models.heads import BNNeck, IdentityClassifier
 from vireid.models.pooling import AvgPool, build_pooling
@@ -62,8 +62,8 @@ class IDKLModelConfig(ModelConfig):
     specific_branch: Literal["shared_weights", "per_modality"] = "shared_weights"
     """``shared_weights`` (release): one specific layer3-4 for both modalities, specificity comes only from
     the losses; ``per_modality``: one specific layer3-4 per modality, rows routed by their modality."""
-    discriminator_hidden: int = 100
-    discriminator_dropout: float = 0.5
+    discriminator_hidden: int = bounded(100, ge=1)
+    discriminator_dropout: float = bounded(0.5, ge=0.0, lt=1.0)
 
 
 class DeepBranch(nn.Module):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vireid.config import RunConfig, load_config, packaged_configs, to_dict
+from vireid.config import RunConfig, deep_merge, load_config, packaged_configs, to_dict
 from vireid.errors import CheckpointError, ConfigError
 from vireid.methods.registry import available_methods, get_method, register_method
 
@@ -162,17 +162,7 @@ def resolve_config(config_or_name: str | Path | dict[str, Any] | RunConfig, over
             target[leaf] = value
     if "method" in nested and nested["method"] != cfg.method:
         raise ConfigError("create_model: change the method with the first argument, not with method=...")
-    return load_config(_deep_merge(to_dict(cfg), nested), method=cfg.method)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return load_config(deep_merge(to_dict(cfg), nested), method=cfg.method)
 
 
 def load_matching_weights(model: torch.nn.Module, checkpoint: str | Path) -> dict[str, list[str]]:

@@ -397,15 +397,16 @@ def read_yaml(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict[str, A
         if not isinstance(base, str):
             raise ConfigError(f"{path}: _base_ must be a file name, got {base!r}.")
         parent = read_yaml(path.parent / base, _chain=(*_chain, resolved))
-        data = _deep_merge(parent, data)
+        data = deep_merge(parent, data)
     return data
 
 
-def _deep_merge(base: dict, child: dict) -> dict:
+def deep_merge(base: dict, child: dict) -> dict:
+    """``base`` with ``child`` laid over it, nested mappings merged key by key (``_base_`` files, overrides)."""
     out = dict(base)
     for key, value in child.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -527,12 +528,12 @@ def load_config(
         cls = config_class_for(str(name))
     except KeyError as exc:
         raise ConfigError(f"{where}: {exc.args[0]}") from None
-    base_obj = build_config(cls, _deep_merge(data, {"method": name}), source=where)
+    base_obj = build_config(cls, deep_merge(data, {"method": name}), source=where)
     if not over:
         if not isinstance(source, dict):
             base_obj.check_loaded(where)
         return base_obj
-    merged = _deep_merge(to_dict(base_obj), over)
+    merged = deep_merge(to_dict(base_obj), over)
     final = build_config(cls, merged, source=f"{where} + overrides")
     final.check_loaded(f"{where} + overrides")
     return final

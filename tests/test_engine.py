@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fault_injection import poison_baseline_loss
 from layout_builders import build_sysu
 from vireid.config import load_config
 from vireid.engine.checkpoint import STATE_FILE, load_checkpoint, load_trainer_state, resolve_checkpoint
@@ -122,17 +123,7 @@ def test_existing_run_folder_is_not_overwritten(sysu_root, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_hint(sysu_root, tmp_path, monkeypatch):
-    from vireid.methods.baseline import METHOD
-
-    original = METHOD.loss
-
-    def poisoned(out, batch, ctx):
-        loss = original(out, batch, ctx)
-        if ctx.global_step == 1:
-            loss.total = loss.total * float("nan")
-        return loss
-
-    monkeypatch.setattr(METHOD, "loss", poisoned)
+    poison_baseline_loss(monkeypatch, at_step=1)
     cfg = tiny_cfg(sysu_root, tmp_path, "train.epochs=1")
     with pytest.raises(TrainingError, match=r"became nan at epoch 1, iteration 1 \(global step 1\).*grad_clip"):
         train(cfg, run_dir=tmp_path / "run")

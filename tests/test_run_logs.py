@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fault_injection import poison_baseline_loss
 from layout_builders import build_sysu
 from vireid.cli import main
 from vireid.config import load_config
@@ -81,17 +82,7 @@ def test_log_txt_holds_the_console_iterations_load_report_and_warnings(sysu_root
 
 
 def test_the_reason_a_run_stopped_is_in_its_log(sysu_root, tmp_path, monkeypatch):
-    from vireid.methods.baseline import METHOD
-
-    original = METHOD.loss
-
-    def poisoned(out, batch, ctx):
-        loss = original(out, batch, ctx)
-        if ctx.global_step == 1:
-            loss.total = loss.total * float("nan")
-        return loss
-
-    monkeypatch.setattr(METHOD, "loss", poisoned)
+    poison_baseline_loss(monkeypatch, at_step=1)
     cfg = load_config(
         "baseline/sysu", [f"data.root={sysu_root}", f"train.out_dir={tmp_path}", "model.pretrained=none", *TINY]
     )

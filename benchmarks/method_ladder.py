@@ -23,16 +23,20 @@ At the end, one ``vireid compare`` table per method is written to ``OUT/tables/<
     python benchmarks/method_ladder.py --out ladder --rows agw idkl_shared   # some rows
     python benchmarks/method_ladder.py --out ladder --seeds 1                # one seed of every row
     python benchmarks/method_ladder.py --out ladder --ledger benchmarks/results/method_ladder  # results in git
+    python benchmarks/method_ladder.py --out ladder --jobs 2                 # two runs at once (2 cores: ~2x)
     python benchmarks/method_ladder.py --out quick --quick                   # tiny sizes, 1 seed, 2 rows (< 2 min)
 
-On a machine with few cores shared with other work, ``OMP_NUM_THREADS=1`` is much faster than the default.
+On a machine with few cores, one thread per run and one run per core (``--jobs`` = cores) is the fastest: a
+one-thread run of a ladder row is about as fast as a two-thread one on the 2-core VM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -535,6 +539,12 @@ def needs_local_weights(plans: list[Plan], out: Path, ledger: Path) -> set[tuple
 # ----------------------------------------------------------------------------------------------- one run
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_one(p: Plan, out: Path, ledger: Path, *, quick: bool, need_weights: bool = False) -> dict:
     """Train and test one (row, seed) unless finished here or in the ledger (``need_weights``: unless finished
     here); record it at once, in the run folder and in the ledger. Returns the done record."""
@@ -586,6 +596,7 @@ def run_one(p: Plan, out: Path, ledger: Path, *, quick: bool, need_weights: bool
         "seed": p.seed,
         "spec": spec,
         "seconds": round(time.perf_counter() - started, 1),
+        "threads": _torch_threads(),
         "steps": p.steps,
         "images": p.images,
         "result": {k: result.mean[k] for k in ("R1", "mAP", "mINP")},
@@ -597,6 +608,75 @@ def run_one(p: Plan, out: Path, ledger: Path, *, quick: bool, need_weights: bool
     r = record["result"]
     print(f"{p.row} seed {p.seed}: R1 {r['R1']:.2f} mAP {r['mAP']:.2f} ({record['seconds']:.0f} s)", flush=True)
     return record
+
+
+# ------------------------------------------------------------------------------------------ parallel runs
+
+
+def worker_threads(jobs: int) -> int:
+    """Threads per worker: ``OMP_NUM_THREADS`` when set, else the cores shared out evenly (at least 1)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_parallel(
+    plans: list[Plan], out: Path, ledger: Path, *, jobs: int, quick: bool, retrain: set[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """Run the unfinished (row, seed)s in up to ``jobs`` worker processes at once; returns the failed ones.
+
+    Why processes: on a few cores, small networks keep one core busy far better than two threads keep two
+    (a one-thread run of a ladder row is about as fast as a two-thread one on the 2-core VM), so ``--jobs 2``
+    with one thread each nearly halves the wall time. Each worker is this script with ``--one ROW:SEED``, so a
+    worker that dies takes nothing else with it, and every finished run is recorded by the worker itself
+    exactly as in a sequential ladder. A linked row (a DAKD student, a DIKDNet rung 3-4) starts only after its
+    source run of the same seed has finished; if that failed, the linked run is not started. Other runs go on.
+    """
+    pending = []
+    for p in plans:
+        if is_finished(out, ledger, p.row, p.seed) and (p.row, p.seed) not in retrain:
+            run_one(p, out, ledger, quick=quick)  # finished: kept (and copied to the ledger if it was not)
+        else:
+            pending.append(p)
+    waiting_on = {}
+    keys = {(p.row, p.seed) for p in pending}
+    for p in pending:
+        link = ROW_BY_NAME[p.row].link
+        if link is not None and (link[0], p.seed) in keys:
+            waiting_on[(p.row, p.seed)] = (link[0], p.seed)
+    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(jobs))}
+    threads = env["OMP_NUM_THREADS"]
+    print(f"running {len(pending)} runs in {jobs} worker processes, {threads} thread(s) each", flush=True)
+    running: dict[tuple[str, int], subprocess.Popen] = {}
+    done: set[tuple[str, int]] = set()
+    failed: list[tuple[str, int]] = []
+    while pending or running:
+        for key, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            if proc.returncode == 0:
+                done.add(key)
+            else:
+                failed.append(key)
+                print(f"{key[0]} seed {key[1]}: FAILED (exit {proc.returncode}); see {run_dir(out, *key)}", flush=True)
+        for p in list(pending):
+            key = (p.row, p.seed)
+            source = waiting_on.get(key)
+            if source is not None and source in failed:
+                pending.remove(p)
+                failed.append(key)
+                print(f"{p.row} seed {p.seed}: not started, its source run {source[0]} seed {source[1]} failed")
+                continue
+            if len(running) >= jobs or (source is not None and source not in done):
+                continue
+            command = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--ledger", str(ledger)]
+            command += ["--one", f"{p.row}:{p.seed}"] + (["--quick"] if quick else [])
+            command += ["--need-weights"] if key in retrain else []
+            running[key] = subprocess.Popen(command, env=env)
+            pending.remove(p)
+        time.sleep(0.2)
+    return failed
 
 
 def write_tables(out: Path, ledger: Path) -> dict[str, Path]:
@@ -636,9 +716,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 for every row (default: per row)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, 2 rows (a smoke run)")
     parser.add_argument("--plan", action="store_true", help="print the rows and the budget, run nothing")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process (default 1); threads per run: OMP_NUM_THREADS, else the "
+        "cores divided by JOBS. On 2 cores, --jobs 2 nearly halves the wall time",
+    )
+    parser.add_argument("--one", default=None, metavar="ROW:SEED", help=argparse.SUPPRESS)  # a --jobs worker
+    parser.add_argument("--need-weights", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker
     args = parser.parse_args(argv)
     out = Path(args.out)
     ledger = Path(args.ledger) if args.ledger else out / "ledger"
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.one is not None:  # a worker of --jobs: one (row, seed); data and pretraining are the parent's
+        name, seed = args.one.rsplit(":", 1)
+        row = ROW_BY_NAME[name]
+        (one,) = plan([row], {name: [int(seed)]}, out, quick=args.quick)
+        run_one(one, out, ledger, quick=args.quick, need_weights=args.need_weights)
+        return 0
     names = args.rows or (list(QUICK_ROWS) if args.quick else [r.name for r in ROWS])
     # A row whose run feeds another (a DAKD teacher, DIKDNet's rung-2 teachers) runs first.
     ordered: list[str] = []
@@ -663,9 +760,17 @@ def main(argv: list[str] | None = None) -> int:
     # Data and the pretrained backbone only for what still trains (a fresh machine with a full ledger needs none).
     ensure_data(out, list({ROW_BY_NAME[p.row].name: ROW_BY_NAME[p.row] for p in todo}.values()), quick=args.quick)
     started = time.perf_counter()
-    for p in plans:
-        run_one(p, out, ledger, quick=args.quick, need_weights=(p.row, p.seed) in retrain)
+    failed: list[tuple[str, int]] = []
+    if args.jobs > 1:
+        failed = run_parallel(plans, out, ledger, jobs=args.jobs, quick=args.quick, retrain=retrain)
+    else:
+        for p in plans:
+            run_one(p, out, ledger, quick=args.quick, need_weights=(p.row, p.seed) in retrain)
     write_tables(out, ledger)
+    if failed:
+        names = ", ".join(f"{row} seed {seed}" for row, seed in failed)
+        print(f"\n{len(failed)} runs failed or were not started: {names}; rerun the same command to retry them")
+        return 1
     print(f"\nladder done in {time.perf_counter() - started:.0f} s; tables in {out / 'tables'}; ledger in {ledger}")
     return 0
 

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -198,3 +199,34 @@ def test_quick_ladder_runs_then_resumes_without_rerunning(ladder, tmp_path, caps
     (ledger / "agw" / "seed0" / "ladder_done.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match=r"results/agw/seed0 was run with another definition of row agw"):
         ladder.main(["--out", str(fresh), "--quick", "--ledger", str(ledger)])
+
+
+def test_jobs_run_rows_side_by_side_students_after_their_teacher_and_a_failure_stops_only_its_dependents(
+    ladder, tmp_path, capsys
+):
+    out, ledger = tmp_path / "ladder", tmp_path / "results"
+    # The teacher of seed 1 is broken on purpose: a resume record that is not JSON makes its worker fail.
+    broken = ladder.run_dir(out, "dakd_teacher_mce", 1) / "checkpoints"
+    broken.mkdir(parents=True)
+    (broken / "last.json").write_text("not json")
+    argv = ["--out", str(out), "--ledger", str(ledger), "--quick", "--rows", "dakd_nomask", "--seeds", "2"]
+    assert ladder.main([*argv, "--jobs", "2"]) == 1
+    printed = capsys.readouterr().out
+    assert "in 2 worker processes" in printed
+    assert "dakd_teacher_mce seed 1: FAILED" in printed
+    assert "dakd_nomask seed 1: not started, its source run dakd_teacher_mce seed 1 failed" in printed
+    assert "runs failed or were not started: dakd_teacher_mce seed 1, dakd_nomask seed 1" in printed
+    finished = {(m.parent.parent.name, m.parent.name) for m in ledger.glob("*/seed*/ladder_done.json")}
+    assert finished == {("dakd_teacher_mce", "seed0"), ("dakd_nomask", "seed0")}  # seed 0 went on
+    # The student started only after its teacher had finished (its run folder is younger than the teacher's marker).
+    teacher_done = (ladder.run_dir(out, "dakd_teacher_mce", 0) / ladder.DONE).stat().st_mtime_ns
+    assert (ladder.run_dir(out, "dakd_nomask", 0) / "config.yaml").stat().st_mtime_ns > teacher_done
+    record = json.loads((ledger / "dakd_nomask" / "seed0" / "ladder_done.json").read_text())
+    assert record["threads"] == ladder.worker_threads(2)
+
+    # Mended, the same command runs only what is missing.
+    shutil.rmtree(broken.parent)
+    assert ladder.main([*argv, "--jobs", "2"]) == 0
+    again = capsys.readouterr().out
+    assert "running 2 runs in 2 worker processes" in again and again.count("finished earlier, kept") == 2
+    assert (ledger / "dakd_nomask" / "seed1" / "ladder_done.json").is_file()

@@ -187,6 +187,7 @@ _IDKL_TRANSFER = (*_IDKL_PURIFIER, "tgsa.enabled=true", "csa.per_sample=true", "
 _DAKD_NO_CUTSWAP = ("cutswap.p=0",)
 _DAKD_TEACHER = ("dakd_teacher_mce", "teacher", "")
 _DAKD_TEACHER_SCRATCH = ("dakd_teacher_scratch", "teacher", "")
+_DAKD_TEACHER_BASELINE = ("dakd_teacher_baseline", "teacher", "")
 _DIKD_TEACHERS = ("dikd_r2_teachers", "teacher.checkpoint", "teacher")
 
 # The one table of the ladder. The first row of each ladder is the reference of its table (the method's own
@@ -241,6 +242,16 @@ ROWS: tuple[Row, ...] = (
     Row("dakd_control_long", "dakd", "dakd/demo_teacher", ("sampler.P=8",), steps_factor=2),
     Row("dakd_teacher_scratch", "dakd", "dakd/demo_teacher", ("sampler.P=8",), start="scratch"),
     Row("dakd_full_scratch", "dakd", "dakd/demo", ("sampler.P=12",), start="scratch", link=_DAKD_TEACHER_SCRATCH),
+    # Issue 15 item 5: the full student distilled from the baseline-recipe teacher (the same seed's
+    # `dakd_teacher_baseline`) instead of MCE: does self-distillation add to a stronger teacher?
+    Row(
+        "dakd_full_from_baseline",
+        "dakd",
+        "dakd/demo",
+        ("sampler.P=12", "cutswap.mode=region", "student.bn=per_modality"),
+        link=_DAKD_TEACHER_BASELINE,
+        note="teacher: baseline recipe",
+    ),
     # -- DIKDNet: the existing rungs (configs/dikdnet/ablation), 3 seeds, its own demo budget and init, with two
     #    controls of the teachers' gain: r1_long (the student alone for both stages' epochs, one schedule) and
     #    r1_restart (a student that restarts its schedule from itself, without teachers); and the full model

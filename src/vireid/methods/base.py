@@ -30,6 +30,10 @@ class LossOutput:
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The weighted parts *with* their autograd graphs (``parts`` are detached copies): what a diagnostic
+    differentiates term by term (``benchmarks/loss_term_gradients.py``). Empty where a method does not expose
+    them; the trainer never reads it."""
 
     def scalars(self) -> dict[str, float]:
         values = {"loss": float(self.total.detach())}

@@ -99,7 +99,7 @@ class BaselineMethod(ImageMethodBase):
             kl = kl_div_temperature(out.logits[iv], out.logits[ii].detach(), caj.kl_temperature, target_eps=1e-7)
             parts["kl"] = caj.kl_weight * kl
         total = torch.stack(list(parts.values())).sum()
-        return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()})
+        return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()}, terms=parts)
 
 
 METHOD = BaselineMethod()

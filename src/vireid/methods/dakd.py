@@ -598,7 +598,7 @@ class DAKDMethod(ImageMethodBase):
         total = torch.stack(list(parts.values())).sum()
         logged = {k: v.detach() for k, v in parts.items()}
         logged.update({f"mask_kept_{name}": value for name, value in terms.kept.items()})
-        return LossOutput(total=total, parts=logged)
+        return LossOutput(total=total, parts=logged, terms=parts)
 
     # ---- engine hooks ------------------------------------------------------------------------------------
 

@@ -645,7 +645,7 @@ def idkl_objective(out: IDKLOutput, batch: CrossModalBatch, cfg: IDKLConfig) -> 
     # parameters without reaching the loss stall its gradient reduction), and no ``find_unused_parameters``
     # graph walk is ever needed.
     total = total + 0.0 * sum(getattr(out, f.name).sum() for f in dataclasses.fields(out))
-    return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()})
+    return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()}, terms=parts)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -337,7 +337,7 @@ class MCEMethod(ImageMethodBase):
         feats = F.normalize(out.bn, dim=1)
         total, parts = mce_loss(feats, batch, memory, ctx.cfg.mce)
         update_memories(memory, feats, batch, ctx.cfg.mce)
-        return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()})
+        return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()}, terms=parts)
 
     # ---- engine hooks ------------------------------------------------------------------------------------
 

@@ -127,6 +127,8 @@ def measure(run: str | Path, *, batches: int = 8, device: str = "cpu") -> tuple[
             path_names: list[str] | None = None
             per_batch, totals = [], []
             trainer.train_loader.sampler.set_epoch(0)
+            if hasattr(method, "on_epoch_start"):  # e.g. DAKD's prototypes, as at the start of every epoch
+                method.on_epoch_start(trainer, cfg.train.epochs - 1)
             loader = iter(trainer.train_loader.loader)
             for i in range(batches):
                 batch = next(loader).to(trainer.dist.device)

@@ -16,8 +16,8 @@ loss weight that does not suit the budget (a term that is inert or dominant) fro
 RUN is a folder written by ``vireid train`` (for example ``ladder/runs/idkl_full/seed0``); the data must be
 where its config says. Batch-norm running statistics move while the batches run (train mode, as in training);
 nothing is written to RUN. Methods whose loss exposes no ``LossOutput.terms`` are refused. A method's per-run
-state (DAKD's teacher and prototypes, MCE's memories) is built the way training builds it at the start of a
-run; for MCE that means memories from the initial network, not the trained one.
+state is built as training builds it: its run-start hook (DAKD loads the frozen teacher), then, once the run's
+weights are loaded, its epoch-start hook (DAKD's prototypes, MCE's memories from the trained network).
 """
 
 from __future__ import annotations

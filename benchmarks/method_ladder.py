@@ -394,7 +394,7 @@ def _measured_rate(out: Path, ledger: Path) -> float | None:
     return seconds / images if images else None
 
 
-def print_plan(plans: list[Plan], out: Path, ledger: Path, *, quick: bool = False) -> None:
+def print_plan(plans: list[Plan], out: Path, ledger: Path, *, quick: bool = False, jobs: int = 1) -> None:
     """The rows, their budget, and the estimated total CPU time (measured rate when rows have finished)."""
     rate = _measured_rate(out, ledger)
     source = "measured on finished rows" if rate else "a guess until the first rows finish"
@@ -423,10 +423,13 @@ def print_plan(plans: list[Plan], out: Path, ledger: Path, *, quick: bool = Fals
             f"per step, {vi[0].steps} steps ({f['sched']}, {f['warmup_epochs']} warm-up epochs); "
             f"test: {PROTOCOLS['vi']} ({QUICK_TRIALS if quick else 10} random galleries)"
         )
+    hours = todo_images * rate / 3600
+    wall = f"; about {hours / jobs:.1f} h of wall time with --jobs {jobs}" if jobs > 1 else ""
     print(
         f"{len(plans)} runs; {total_images:,} training images counted ({todo_images:,} still to run), "
-        f"about {todo_images * rate / 3600:.1f} h of CPU left at {rate * 1000:.2f} ms per image ({source}); "
-        "DAKD students also run their teacher forward, and DIKDNet rows (their own budget) are not counted."
+        f"about {hours:.1f} h of run time left at {rate * 1000:.2f} ms per image ({source}; each run's own wall "
+        f"clock){wall}; DAKD students also run their teacher forward, and DIKDNet rows (their own budget) are "
+        "not counted."
     )
 
 
@@ -763,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.link is not None:
             seeds[r.link[0]] = sorted(set(seeds[r.link[0]]) | set(seeds[r.name]))
     plans = plan(rows, seeds, out, quick=args.quick)
-    print_plan(plans, out, ledger, quick=args.quick)
+    print_plan(plans, out, ledger, quick=args.quick, jobs=args.jobs)
     if args.plan:
         return 0
     retrain = needs_local_weights(plans, out, ledger)

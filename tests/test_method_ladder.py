@@ -163,7 +163,7 @@ def test_quick_ladder_runs_then_resumes_without_rerunning(ladder, tmp_path, caps
     )
     table = (out / "tables" / "idkl" / "comparison.md").read_text()
     assert "| idkl_full | 1 run" in table and "| agw | trial (2) |" in table
-    assert "about" in printed and "h of CPU" in printed  # the planned budget is printed
+    assert "about" in printed and "h of run time left" in printed  # the planned budget is printed
     weights = sorted((out / "runs").rglob("*.safetensors"))
     stamps = {p: p.stat().st_mtime_ns for p in [*weights, *done.values()]}
 

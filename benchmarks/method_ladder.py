@@ -26,8 +26,8 @@ At the end, one ``vireid compare`` table per method is written to ``OUT/tables/<
     python benchmarks/method_ladder.py --out ladder --jobs 2                 # two runs at once (2 cores: ~2x)
     python benchmarks/method_ladder.py --out quick --quick                   # tiny sizes, 1 seed, 2 rows (< 2 min)
 
-On a machine with few cores, one thread per run and one run per core (``--jobs`` = cores) is the fastest: a
-one-thread run of a ladder row is about as fast as a two-thread one on the 2-core VM.
+``--jobs N`` runs N rows at once in worker processes; on the 2-core VM two one-thread IDKL runs side by side
+give 1.2-1.3x the throughput of one two-thread run, AGW runs about the same (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -639,9 +639,9 @@ def run_parallel(
 ) -> list[tuple[str, int]]:
     """Run the unfinished (row, seed)s in up to ``jobs`` worker processes at once; returns the failed ones.
 
-    Why processes: on a few cores, small networks keep one core busy far better than two threads keep two
-    (a one-thread run of a ladder row is about as fast as a two-thread one on the 2-core VM), so ``--jobs 2``
-    with one thread each nearly halves the wall time. Each worker is this script with ``--one ROW:SEED``, so a
+    Why processes: a small network at 64x32 does not keep two threads busy, so two one-thread runs side by
+    side can finish sooner than two two-thread runs in turn (1.2-1.3x for IDKL rows on the 2-core VM, about
+    1x for AGW rows). Each worker is this script with ``--one ROW:SEED``, so a
     worker that dies takes nothing else with it, and every finished run is recorded by the worker itself
     exactly as in a sequential ladder. A linked row (a DAKD student, a DIKDNet rung 3-4) starts only after its
     source run of the same seed has finished; if that failed, the linked run is not started. Other runs go on.
@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="runs at once, each in its own process (default 1); threads per run: OMP_NUM_THREADS, else the "
-        "cores divided by JOBS. On 2 cores, --jobs 2 nearly halves the wall time",
+        "cores divided by JOBS",
     )
     parser.add_argument("--one", default=None, metavar="ROW:SEED", help=argparse.SUPPRESS)  # a --jobs worker
     parser.add_argument("--need-weights", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker

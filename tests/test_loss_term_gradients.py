@@ -105,3 +105,21 @@ def test_idkl_retrieval_path_is_the_shared_branch_and_switched_off_terms_give_it
 def test_a_folder_that_is_not_a_run_is_refused_in_one_line(tool, tmp_path):
     with pytest.raises(SystemExit, match="is not a vireid run folder"):
         tool.measure(tmp_path)
+
+
+def test_dakd_student_and_mce_teacher_are_measured_with_their_per_run_state(tool, tmp_path):
+    """DAKD needs its frozen teacher (run start) and prototypes (epoch start), MCE its memories (epoch start)."""
+    from dakd_runs import mce_cfg, student_cfg, textured_sysu
+    from vireid.engine.trainer import train
+
+    root = textured_sysu(tmp_path / "sysu")
+    steps = ["train.epochs=1", "train.iters_per_epoch=2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        teacher = train(mce_cfg(root, *steps), run_dir=tmp_path / "teacher").run_dir
+        student = train(student_cfg(root, teacher, *steps), run_dir=tmp_path / "student").run_dir
+        rows, facts = tool.measure(student, batches=2)
+        teacher_rows, _ = tool.measure(teacher, batches=1)
+    assert facts["method"] == "dakd" and [r.name for r in rows] == ["inst", "cls"]
+    assert all(r.grad_norm > 0 for r in rows) and sum(r.share for r in rows) == pytest.approx(1.0)
+    assert {"mem", "sid"} <= {r.name for r in teacher_rows}

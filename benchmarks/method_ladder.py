@@ -680,7 +680,8 @@ def run_parallel(
             if source is not None and source in failed:
                 pending.remove(p)
                 failed.append(key)
-                print(f"{p.row} seed {p.seed}: not started, its source run {source[0]} seed {source[1]} failed")
+                reason = f"its source run {source[0]} seed {source[1]} failed"
+                print(f"{p.row} seed {p.seed}: not started, {reason}", flush=True)
                 continue
             if len(running) >= jobs or (source is not None and source not in done):
                 continue
